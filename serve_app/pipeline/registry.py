@@ -1,0 +1,177 @@
+"""Model names → family, hub repository, defaults and local checkpoint folder.
+
+The catalog is static data, so the ingress can validate a request against a
+model (duration limit, ERG support, defaults) without loading it. Loading goes
+through ``load_model``: the checkpoint folder is used when complete, a tiny
+model is written on first use, and a hub model is downloaded with
+``huggingface_hub.snapshot_download`` (which honours ``HF_HUB_OFFLINE``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import MusicModel
+
+MODELS_DIR_ENV = "ACESTEP_MODELS_DIR"
+DEFAULT_MODEL = "ace-step-v1-3.5b"
+
+ALL_ERG = frozenset({"tag", "lyric", "diffusion"})
+
+
+class ModelUnavailableError(RuntimeError):
+    """The weights are not on disk and cannot be downloaded."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    """Subpackage of ``serve_app.pipeline`` that implements the model."""
+    description: str
+    repo_id: str | None
+    """Hugging Face hub repository; ``None`` for tiny models written locally."""
+    max_duration_s: float
+    supported_erg: frozenset[str]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    """Parameter defaults that differ from the ACE-Step v1 defaults for this model."""
+    tiny: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+
+
+_V15_TURBO_DEFAULTS = {"infer_step": 8, "guidance_scale": 1.0}
+_V15_GUIDED_DEFAULTS = {"infer_step": 50, "guidance_scale": 7.0}
+_NO_ERG = {"use_erg_tag": False, "use_erg_lyric": False, "use_erg_diffusion": False}
+
+CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            ModelSpec(
+                name="ace-step-v1-3.5b",
+                family="acestep_v1",
+                description="ACE-Step v1 3.5B (linear-attention DiT, DCAE + vocoder, UMT5 text encoder).",
+                repo_id="ACE-Step/ACE-Step-v1-3.5B",
+                max_duration_s=240.0,
+                supported_erg=ALL_ERG,
+            ),
+            ModelSpec(
+                name="acestep-v15-xl-turbo",
+                family="acestep_v15",
+                description="ACE-Step 1.5 XL turbo: guidance-distilled, 8 steps.",
+                repo_id="ACE-Step/acestep-v15-xl-turbo-diffusers",
+                max_duration_s=600.0,
+                supported_erg=frozenset(),
+                defaults={**_V15_TURBO_DEFAULTS, **_NO_ERG},
+            ),
+            ModelSpec(
+                name="acestep-v15-xl-base",
+                family="acestep_v15",
+                description="ACE-Step 1.5 XL base: guided sampling.",
+                repo_id="ACE-Step/acestep-v15-xl-base-diffusers",
+                max_duration_s=600.0,
+                supported_erg=frozenset(),
+                defaults={**_V15_GUIDED_DEFAULTS, **_NO_ERG},
+            ),
+            ModelSpec(
+                name="ace-step-v1-tiny",
+                family="acestep_v1",
+                description="Tiny random-weight ACE-Step v1 in the official layout (tests, CPU dev mode).",
+                repo_id=None,
+                max_duration_s=240.0,
+                supported_erg=ALL_ERG,
+                tiny=True,
+            ),
+            ModelSpec(
+                name="acestep-v15-tiny",
+                family="acestep_v15",
+                description="Tiny random-weight ACE-Step 1.5 in the diffusers layout (tests, CPU dev mode).",
+                repo_id=None,
+                max_duration_s=600.0,
+                supported_erg=frozenset(),
+                defaults={**_V15_GUIDED_DEFAULTS, **_NO_ERG},
+                tiny=True,
+            ),
+            ModelSpec(
+                name="acestep-v15-turbo-tiny",
+                family="acestep_v15",
+                description="Tiny random-weight ACE-Step 1.5 turbo (tests, CPU dev mode).",
+                repo_id=None,
+                max_duration_s=600.0,
+                supported_erg=frozenset(),
+                defaults={**_V15_TURBO_DEFAULTS, **_NO_ERG},
+                tiny=True,
+            ),
+        )
+    }
+)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(CATALOG))}") from None
+
+
+def models_dir() -> Path:
+    configured = os.environ.get(MODELS_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "ace-step-serve" / "models"
+
+
+def _family_module(spec: ModelSpec):
+    return importlib.import_module(f"{__package__}.{spec.family}")
+
+
+def checkpoint_dir(spec: ModelSpec, root: Path | None = None) -> Path:
+    """Local checkpoint folder for ``spec``, fetched or written when missing."""
+    target = (root or models_dir()) / spec.name
+    family = _family_module(spec)
+    if family.is_complete_checkpoint(target):
+        return target
+    if spec.tiny:
+        family.write_tiny_checkpoint(target, variant=spec.name)
+        return target
+    return _download(spec, target)
+
+
+def _download(spec: ModelSpec, target: Path) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        # tqdm progress bars are on by default; they land in the replica's log.
+        snapshot_download(repo_id=spec.repo_id, local_dir=target)
+    except LocalEntryNotFoundError as exc:
+        raise ModelUnavailableError(
+            f"weights for {spec.name!r} are not in {target} and the hub is unreachable "
+            f"(repository {spec.repo_id}); download them there or unset HF_HUB_OFFLINE"
+        ) from exc
+    except OSError as exc:
+        raise ModelUnavailableError(
+            f"could not download {spec.name!r} from repository {spec.repo_id} into {target}: {exc}"
+        ) from exc
+    return target
+
+
+def load_model(
+    name: str, device: torch.device | str, dtype: torch.dtype, root: Path | None = None
+) -> MusicModel:
+    """Load ``name`` onto ``device`` in ``dtype`` through its family's loader."""
+    import torch
+
+    spec = get_spec(name)
+    path = checkpoint_dir(spec, root)
+    return _family_module(spec).load(path, device=torch.device(device), dtype=dtype, spec=spec)

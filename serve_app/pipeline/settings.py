@@ -1,0 +1,147 @@
+"""Fully resolved generation parameters and how they split into a batch.
+
+``GenerationParams`` is the complete ACE-Step control surface with every value
+decided. It splits into ``BatchSettings`` (what must be equal for items to share
+forward passes: the batch key) and one ``ItemSettings`` per seed (what may
+differ inside a batch). This module needs neither torch nor Ray, so the ingress
+can resolve and key requests without loading a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SchedulerType = Literal["euler", "heun", "pingpong"]
+CfgType = Literal["apg", "cfg", "cfg_star"]
+
+# Ranges follow the ACE-Step v1 UI's controls (acestep/ui/components.py).
+InferStep = Annotated[int, Field(ge=1, le=200, description="Diffusion steps.")]
+GuidanceScale = Annotated[
+    float, Field(ge=0.0, le=30.0, description="Classifier-free guidance scale; 0 or 1 disables guidance.")
+]
+DoubleGuidanceScale = Annotated[
+    float,
+    Field(ge=0.0, le=10.0, description="Double-condition guidance; active when both text and lyric scales exceed 1."),
+]
+OmegaScale = Annotated[
+    float, Field(ge=-100.0, le=100.0, description="Granularity: scales the zero-mean part of each euler/heun update.")
+]
+UnitInterval = Annotated[float, Field(ge=0.0, le=1.0)]
+MinGuidanceScale = Annotated[float, Field(ge=0.0, le=200.0)]
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="Seed of one output; each seed is one batch item.")]
+OssStep = Annotated[int, Field(ge=1, le=1000)]
+
+MAX_SEEDS_PER_REQUEST = 8
+
+
+def is_guided(guidance_scale: float) -> bool:
+    """ACE-Step runs classifier-free guidance unless the scale is exactly 0 or 1."""
+    return guidance_scale not in (0.0, 1.0)
+
+
+def uses_double_guidance(guidance_scale_text: float, guidance_scale_lyric: float) -> bool:
+    """Double-condition guidance replaces cfg/apg when both of its scales exceed 1."""
+    return guidance_scale_text > 1.0 and guidance_scale_lyric > 1.0
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Everything that fixes tensor shapes or the sequence of forward passes.
+
+    Two items may share a batch only when their ``BatchSettings`` are equal.
+    """
+
+    model: str
+    audio_duration: float
+    infer_step: int
+    scheduler_type: SchedulerType
+    oss_steps: tuple[int, ...]
+    cfg_type: CfgType
+    guidance_interval: float
+    guided: bool
+    double_guidance: bool
+    use_erg_tag: bool
+    use_erg_lyric: bool
+    use_erg_diffusion: bool
+    bf16: bool
+    torch_compile: bool
+
+
+@dataclass(frozen=True)
+class ItemSettings:
+    """Per-item values: these may differ between items of one batch."""
+
+    prompt: str
+    lyrics: str
+    seed: int
+    guidance_scale: float
+    omega_scale: float
+    guidance_interval_decay: float
+    min_guidance_scale: float
+    guidance_scale_text: float
+    guidance_scale_lyric: float
+
+
+class GenerationParams(BaseModel):
+    """Every ACE-Step parameter, resolved: nothing is left to a default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    audio_duration: float = Field(gt=0.0)
+    prompt: str
+    lyrics: str
+    infer_step: InferStep
+    guidance_scale: GuidanceScale
+    scheduler_type: SchedulerType
+    cfg_type: CfgType
+    omega_scale: OmegaScale
+    actual_seeds: tuple[Seed, ...] = Field(min_length=1, max_length=MAX_SEEDS_PER_REQUEST)
+    oss_steps: tuple[OssStep, ...] = ()
+    guidance_interval: UnitInterval
+    guidance_interval_decay: UnitInterval
+    min_guidance_scale: MinGuidanceScale
+    use_erg_tag: bool
+    use_erg_lyric: bool
+    use_erg_diffusion: bool
+    guidance_scale_text: DoubleGuidanceScale
+    guidance_scale_lyric: DoubleGuidanceScale
+    bf16: bool
+    torch_compile: bool
+
+    def batch_settings(self) -> BatchSettings:
+        return BatchSettings(
+            model=self.model,
+            audio_duration=self.audio_duration,
+            infer_step=self.infer_step,
+            scheduler_type=self.scheduler_type,
+            oss_steps=self.oss_steps,
+            cfg_type=self.cfg_type,
+            guidance_interval=self.guidance_interval,
+            guided=is_guided(self.guidance_scale),
+            double_guidance=uses_double_guidance(self.guidance_scale_text, self.guidance_scale_lyric),
+            use_erg_tag=self.use_erg_tag,
+            use_erg_lyric=self.use_erg_lyric,
+            use_erg_diffusion=self.use_erg_diffusion,
+            bf16=self.bf16,
+            torch_compile=self.torch_compile,
+        )
+
+    def items(self) -> list[ItemSettings]:
+        return [
+            ItemSettings(
+                prompt=self.prompt,
+                lyrics=self.lyrics,
+                seed=seed,
+                guidance_scale=self.guidance_scale,
+                omega_scale=self.omega_scale,
+                guidance_interval_decay=self.guidance_interval_decay,
+                min_guidance_scale=self.min_guidance_scale,
+                guidance_scale_text=self.guidance_scale_text,
+                guidance_scale_lyric=self.guidance_scale_lyric,
+            )
+            for seed in self.actual_seeds
+        ]
