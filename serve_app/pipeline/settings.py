@@ -10,9 +10,12 @@ can resolve and key requests without loading a model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from .registry import ModelSpec
 
 SchedulerType = Literal["euler", "heun", "pingpong"]
 CfgType = Literal["apg", "cfg", "cfg_star"]
@@ -68,6 +71,12 @@ class BatchSettings:
     use_erg_diffusion: bool
     bf16: bool
     torch_compile: bool
+
+    @property
+    def total_steps(self) -> int:
+        """Denoiser evaluations of one run: heun evaluates every interval but the last twice."""
+        steps = len(self.oss_steps) or self.infer_step
+        return 2 * steps - 1 if self.scheduler_type == "heun" else steps
 
 
 @dataclass(frozen=True)
@@ -145,3 +154,34 @@ class GenerationParams(BaseModel):
             )
             for seed in self.actual_seeds
         ]
+
+
+class SettingsError(ValueError):
+    """A parameter value that this model or this combination cannot honour."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def check_supported(settings: BatchSettings, spec: ModelSpec) -> None:
+    """Refuse what the model cannot compute, rather than silently ignoring it."""
+    if settings.model != spec.name:
+        raise SettingsError("model", f"settings are for {settings.model!r}, not {spec.name!r}")
+    if settings.audio_duration > spec.max_duration_s:
+        raise SettingsError("audio_duration", f"{spec.name} generates at most {spec.max_duration_s:g} seconds")
+    for flag in ("tag", "lyric", "diffusion"):
+        if getattr(settings, f"use_erg_{flag}") and flag not in spec.supported_erg:
+            raise SettingsError(
+                f"use_erg_{flag}", f"{spec.name} does not support entropy-rectifying guidance; set it to false"
+            )
+    if settings.oss_steps:
+        if list(settings.oss_steps) != sorted(set(settings.oss_steps)):
+            raise SettingsError("oss_steps", "steps must be strictly increasing")
+        if settings.scheduler_type == "heun":
+            raise SettingsError(
+                "oss_steps", "ACE-Step defines oss_steps only for the euler and pingpong schedulers, not heun"
+            )
+        if settings.infer_step != max(settings.oss_steps):
+            raise SettingsError("infer_step", "with oss_steps, infer_step is max(oss_steps)")

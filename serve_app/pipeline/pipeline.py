@@ -1,0 +1,153 @@
+"""``MusicPipeline``: one model name, its loaded variants, sample then decode.
+
+A pipeline serves one catalog model on one device. The request's ``bf16``
+flag selects the variant (bfloat16 or float32 weights), each loaded once on
+first use; ``torch_compile`` selects the compiled denoiser of that variant.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .model import MusicModel
+from .registry import get_spec, load_model
+from .sampler import Sampler, StepCallback
+from .settings import BatchSettings, ItemSettings, SettingsError, check_supported, is_guided
+
+ModelLoader = Callable[[str, torch.device, torch.dtype], MusicModel]
+
+NON_FINITE_MESSAGE = (
+    "the sampler produced non-finite values for this item (numerical overflow); "
+    "try bf16=false or a lower guidance_scale"
+)
+
+
+@dataclass
+class ItemOutput:
+    seed: int
+    waveform: torch.Tensor | None = None
+    """Float32 CPU ``(channels, samples)``; ``None`` when the item failed or was cancelled."""
+    error: str | None = None
+    cancelled: bool = False
+
+
+@dataclass
+class BatchOutput:
+    items: list[ItemOutput]
+    """One entry per input item, in input order."""
+    sample_rate: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class MusicPipeline:
+    def __init__(
+        self,
+        model_name: str,
+        device: torch.device | str = "cpu",
+        *,
+        models_root: Path | None = None,
+        max_rows_per_forward: int | None = None,
+        loader: ModelLoader | None = None,
+    ) -> None:
+        self.spec = get_spec(model_name)
+        self.device = torch.device(device)
+        self.max_rows_per_forward = max_rows_per_forward
+        self._loader = loader or (lambda name, dev, dtype: load_model(name, dev, dtype, root=models_root))
+        self._variants: dict[torch.dtype, MusicModel] = {}
+        self._load_lock = threading.Lock()
+
+    @staticmethod
+    def dtype_for(bf16: bool) -> torch.dtype:
+        return torch.bfloat16 if bf16 else torch.float32
+
+    def model(self, bf16: bool) -> MusicModel:
+        dtype = self.dtype_for(bf16)
+        with self._load_lock:
+            if dtype not in self._variants:
+                self._variants[dtype] = self._loader(self.spec.name, self.device, dtype)
+            return self._variants[dtype]
+
+    def check_inputs(self, settings: BatchSettings, items: Sequence[ItemSettings]) -> None:
+        """Refuse a batch before any tensor is made."""
+        check_supported(settings, self.spec)
+        if not items:
+            raise SettingsError("actual_seeds", "a batch needs at least one item")
+
+    def __call__(
+        self,
+        settings: BatchSettings,
+        items: Sequence[ItemSettings],
+        on_step: StepCallback | None = None,
+    ) -> BatchOutput:
+        self.check_inputs(settings, items)
+        model = self.model(settings.bf16)
+        outputs = [ItemOutput(seed=item.seed) for item in items]
+        timings: dict[str, float] = {}
+
+        started = time.perf_counter()
+        with torch.inference_mode():
+            sampled = Sampler(model, self.max_rows_per_forward)(settings, items, on_step)
+            timings["diffusion_s"] = time.perf_counter() - started
+
+            finished = set(sampled.items)
+            for index, output in enumerate(outputs):
+                output.cancelled = index not in finished
+
+            finite = torch.isfinite(sampled.latents.flatten(1)).all(dim=1).tolist()
+            decodable = [row for row, ok in enumerate(finite) if ok]
+            for row, ok in enumerate(finite):
+                if not ok:
+                    outputs[sampled.items[row]].error = NON_FINITE_MESSAGE
+
+            started = time.perf_counter()
+            if decodable:
+                num_samples = round(settings.audio_duration * model.sample_rate)
+                waveforms = model.decode(sampled.latents[decodable], num_samples)
+                for row, waveform in zip(decodable, waveforms):
+                    output = outputs[sampled.items[row]]
+                    if torch.isfinite(waveform).all():
+                        output.waveform = waveform
+                    else:
+                        output.error = NON_FINITE_MESSAGE
+            timings["decode_s"] = time.perf_counter() - started
+
+        return BatchOutput(items=outputs, sample_rate=model.sample_rate, timings=timings)
+
+    def warmup(self, bf16: bool, torch_compile: bool = False) -> None:
+        """One short generation, so the first request does not pay for lazy
+        initialisation (kernels, allocator, compilation)."""
+        guidance_scale = self.spec.defaults.get("guidance_scale", 2.0)
+        settings = BatchSettings(
+            model=self.spec.name,
+            audio_duration=min(2.0, self.spec.max_duration_s),
+            infer_step=2,
+            scheduler_type="euler",
+            oss_steps=(),
+            cfg_type="apg",
+            guidance_interval=1.0,
+            guided=is_guided(guidance_scale),
+            double_guidance=False,
+            use_erg_tag=False,
+            use_erg_lyric=False,
+            use_erg_diffusion=False,
+            bf16=bf16,
+            torch_compile=torch_compile,
+        )
+        item = ItemSettings(
+            prompt="warmup",
+            lyrics="",
+            seed=0,
+            guidance_scale=guidance_scale,
+            omega_scale=10.0,
+            guidance_interval_decay=0.0,
+            min_guidance_scale=3.0,
+            guidance_scale_text=0.0,
+            guidance_scale_lyric=0.0,
+        )
+        self(settings, [item])
