@@ -36,7 +36,7 @@ class FakeModel:
     def latent_shape(self, duration_s: float) -> tuple[int, ...]:
         return (2, math.ceil(duration_s * FRAMES_PER_SECOND))
 
-    def encode(self, prompts, lyrics, branches, erg):
+    def encode(self, prompts, lyrics, branches, erg, *, duration_s):
         prompt = torch.tensor([_text_value(p) for p in prompts]).reshape(-1, 1, 1)
         lyric = torch.tensor([_text_value(text) if text else 0.0 for text in lyrics]).reshape(-1, 1, 1)
         nan = torch.tensor([math.nan if p == "nan" else 0.0 for p in prompts]).reshape(-1, 1, 1)

@@ -82,8 +82,13 @@ class MusicModel(Protocol):
         lyrics: Sequence[str],
         branches: Collection[Branch],
         erg: ErgFlags,
+        *,
+        duration_s: float,
     ) -> dict[Branch, Conditioning]:
-        """Conditioning for each requested branch, one row per prompt."""
+        """Conditioning for each requested branch, one row per prompt.
+
+        ``duration_s`` is the batch's audio duration (ACE-Step 1.5 conditions on it).
+        """
 
     def velocity(
         self,

@@ -73,6 +73,9 @@ class MusicPipeline:
                 self._variants[dtype] = self._loader(self.spec.name, self.device, dtype)
             return self._variants[dtype]
 
+    def loaded_variants(self) -> list[torch.dtype]:
+        return list(self._variants)
+
     def check_inputs(self, settings: BatchSettings, items: Sequence[ItemSettings]) -> None:
         """Refuse a batch before any tensor is made."""
         check_supported(settings, self.spec)

@@ -92,7 +92,9 @@ class Sampler:
 
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
         latents = initial_noise(model, settings, generators).to(model.device)
-        conditioning = model.encode([i.prompt for i in items], [i.lyrics for i in items], branches, erg)
+        conditioning = model.encode(
+            [i.prompt for i in items], [i.lyrics for i in items], branches, erg, duration_s=settings.audio_duration
+        )
         batch = _Batch(items, latents, conditioning, generators)
 
         stepper = STEPPERS[settings.scheduler_type](base_sigmas(model, settings))

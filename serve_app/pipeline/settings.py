@@ -39,6 +39,29 @@ OssStep = Annotated[int, Field(ge=1, le=1000)]
 
 MAX_SEEDS_PER_REQUEST = 8
 
+# ACE-Step v1's own defaults (``ACEStepPipeline.__call__``), except the
+# duration, which upstream randomises when unset; we default it instead.
+ACESTEP_DEFAULTS = {
+    "audio_duration": 60.0,
+    "lyrics": "",
+    "infer_step": 60,
+    "guidance_scale": 15.0,
+    "scheduler_type": "euler",
+    "cfg_type": "apg",
+    "omega_scale": 10.0,
+    "oss_steps": (),
+    "guidance_interval": 0.5,
+    "guidance_interval_decay": 0.0,
+    "min_guidance_scale": 3.0,
+    "use_erg_tag": True,
+    "use_erg_lyric": True,
+    "use_erg_diffusion": True,
+    "guidance_scale_text": 0.0,
+    "guidance_scale_lyric": 0.0,
+    "bf16": True,
+    "torch_compile": False,
+}
+
 
 def is_guided(guidance_scale: float) -> bool:
     """ACE-Step runs classifier-free guidance unless the scale is exactly 0 or 1."""

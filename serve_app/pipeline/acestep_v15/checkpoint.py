@@ -1,0 +1,118 @@
+"""The diffusers pipeline folder: completeness check, tiny writer, weight key probe."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import configs
+
+MODEL_INDEX = "model_index.json"
+NULL_CONDITION_KEY = "null_condition_emb"
+
+_CONFIG_FILES = {
+    "tokenizer": ("tokenizer_config.json",),
+    "scheduler": ("scheduler_config.json",),
+}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def _components(path: Path) -> dict[str, tuple[str, str]]:
+    index = json.loads((path / MODEL_INDEX).read_text())
+    found = {}
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list) or len(value) != 2:
+            continue
+        if value[0] is None or value[1] is None:
+            continue  # an optional component saved as absent
+        found[name] = (value[0], value[1])
+    return found
+
+
+def _weights_complete(folder: Path) -> bool:
+    for index_file in folder.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index_file.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if shards and all((folder / shard).is_file() for shard in shards):
+            return True
+        return False
+    return any(item.is_file() and item.name.endswith(_WEIGHT_SUFFIXES) for item in folder.iterdir())
+
+
+def _component_complete(folder: Path, name: str, class_name: str) -> bool:
+    if not folder.is_dir():
+        return False
+    if name == "tokenizer" or ("Tokenizer" in class_name and not class_name.startswith("AceStep")):
+        has_vocab = (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()
+        return (folder / "tokenizer_config.json").is_file() and has_vocab
+    if name == "scheduler" or "Scheduler" in class_name:
+        return (folder / "scheduler_config.json").is_file()
+    return (folder / "config.json").is_file() and _weights_complete(folder)
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    path = Path(path)
+    try:
+        components = _components(path)
+    except (OSError, ValueError):
+        return False
+    required = {"transformer", "condition_encoder", "vae", "text_encoder", "tokenizer"}
+    if not required <= components.keys():
+        return False
+    return all(_component_complete(path / name, name, cls) for name, (_, cls) in components.items())
+
+
+def weight_keys(folder: Path) -> set[str]:
+    """Tensor names stored in a component folder (headers only, nothing loaded)."""
+    from safetensors import safe_open
+
+    keys: set[str] = set()
+    for index_file in folder.glob("*.safetensors.index.json"):
+        keys.update(json.loads(index_file.read_text())["weight_map"])
+    if keys:
+        return keys
+    for weights in folder.glob("*.safetensors"):
+        with safe_open(str(weights), framework="pt") as handle:
+            keys.update(handle.keys())
+    if not keys:
+        import torch
+
+        for weights in folder.glob("*.bin"):
+            keys.update(torch.load(weights, map_location="meta", weights_only=True))
+    return keys
+
+
+def has_null_condition(path: Path) -> bool:
+    """Whether the checkpoint's condition encoder ships a learned ``null_condition_emb``."""
+    return NULL_CONDITION_KEY in weight_keys(Path(path) / "condition_encoder")
+
+
+def write_tiny_checkpoint(path: Path, variant: str) -> None:
+    """Write a tiny random ACE-Step 1.5 pipeline in the diffusers layout.
+
+    ``variant`` is the model name: names containing ``turbo`` get a turbo DiT
+    config and a condition encoder without ``null_condition_emb``; the others a
+    guided (base) DiT with one. The folder is built beside ``path`` and moved
+    into place at the end, so a reader never sees a half-written checkpoint.
+    """
+    from .components import build_pipeline
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pipe = build_pipeline(size="tiny", variant=configs.variant_of(variant))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        if path.exists():
+            if is_complete_checkpoint(path):
+                return  # another writer finished first
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
