@@ -142,8 +142,9 @@ def checkpoint_dir(spec: ModelSpec, root: Path | None = None) -> Path:
     if family.is_complete_checkpoint(target):
         return target
     if spec.tiny:
-        family.write_tiny_checkpoint(target, variant=spec.name)
-        return target
+        from .tiny import write_tiny_checkpoint
+
+        return write_tiny_checkpoint(spec.name, target)
     return _download(spec, target)
 
 

@@ -1,0 +1,71 @@
+"""Tiny randomly initialised checkpoints, written in each family's real on-disk layout.
+
+Tests and the CPU dev mode load these through exactly the code path that loads
+real weights, so nothing about a model is special-cased for testing. Each
+family knows its own layout; this module only picks the family from the
+catalog. It imports neither torch nor a family until a checkpoint is written.
+
+    python -m serve_app.pipeline.tiny                      # list the tiny models
+    python -m serve_app.pipeline.tiny ace-step-v1-tiny     # write into the models folder
+    python -m serve_app.pipeline.tiny ace-step-v1-tiny /some/dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .registry import CATALOG, MODELS_DIR_ENV, _family_module, get_spec, models_dir
+
+
+def tiny_model_names() -> list[str]:
+    return sorted(name for name, spec in CATALOG.items() if spec.tiny)
+
+
+def write_tiny_checkpoint(model_name: str, path: Path) -> Path:
+    """Write the tiny model ``model_name`` into ``path`` unless a complete one is there.
+
+    An incomplete folder (an interrupted write, a missing weight file) is
+    replaced. Returns ``path``.
+    """
+    spec = get_spec(model_name)
+    if not spec.tiny:
+        raise ValueError(
+            f"{model_name!r} is not a tiny model and cannot be written locally; "
+            f"tiny models: {', '.join(tiny_model_names())}"
+        )
+    path = Path(path)
+    family = _family_module(spec)
+    if not family.is_complete_checkpoint(path):
+        family.write_tiny_checkpoint(path, variant=spec.name)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serve_app.pipeline.tiny",
+        description="Write a tiny random-weight checkpoint in its family's real layout (tests, CPU dev mode).",
+    )
+    parser.add_argument("model", nargs="?", help="tiny model name; omit to list them")
+    parser.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        help=f"checkpoint folder (default: <models dir>/<model>, where the registry looks; ${MODELS_DIR_ENV})",
+    )
+    args = parser.parse_args(argv)
+
+    if args.model is None:
+        for name in tiny_model_names():
+            print(f"{name}\t{CATALOG[name].description}")
+        return 0
+    if args.model not in CATALOG or not CATALOG[args.model].tiny:
+        parser.error(f"unknown tiny model {args.model!r}; choose from: {', '.join(tiny_model_names())}")
+    target = write_tiny_checkpoint(args.model, args.path or models_dir() / args.model)
+    print(target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
