@@ -202,6 +202,15 @@ def test_guided_steps_batch_all_branches_in_one_forward_inside_the_window_only()
     assert sampled.latents.shape == (2, 2, 8)
 
 
+def test_heun_window_is_sized_by_scheduled_sigmas_and_indexed_by_evaluation():
+    # ACE-Step: start/end come from the 10 scheduled sigmas, the loop index runs over
+    # heun's 19 evaluations, so evaluations 2..6 are guided.
+    _, model = run(settings(infer_step=10, scheduler_type="heun", guidance_interval=0.5), [item()])
+    rows = [call["rows"] for call in model.calls]
+    assert len(rows) == 19
+    assert rows == [2 if 2 <= step < 7 else 1 for step in range(19)]
+
+
 def test_double_guidance_adds_the_text_only_branch():
     _, model = run(settings(double_guidance=True, guidance_interval=1.0), [item(guidance_scale_text=5, guidance_scale_lyric=2)])
     assert {call["rows"] for call in model.calls} == {3}
@@ -304,8 +313,8 @@ def test_dropped_items_leave_the_rest_unaffected():
     )
     assert sampled.items == [0]
     assert torch.equal(sampled.latents[0], solo.latents[0])
-    first_guided = GuidanceWindow(19, 0.5).start
-    assert first_guided > 3 and model.calls[first_guided]["rows"] == 2  # one item, two branches
+    last_guided = GuidanceWindow(10, 0.5).end - 1
+    assert last_guided > 3 and model.calls[last_guided]["rows"] == 2  # one item, two branches
 
 
 def test_forward_chunking_does_not_change_results():

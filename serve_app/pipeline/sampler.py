@@ -97,9 +97,13 @@ class Sampler:
         )
         batch = _Batch(items, latents, conditioning, generators)
 
-        stepper = STEPPERS[settings.scheduler_type](base_sigmas(model, settings))
+        schedule = base_sigmas(model, settings)
+        stepper = STEPPERS[settings.scheduler_type](schedule)
         sigmas = stepper.eval_sigmas
-        window = GuidanceWindow(len(sigmas), settings.guidance_interval)
+        # ACE-Step sizes the window by the number of scheduled sigmas but indexes it by
+        # evaluation, so for heun (2N-1 evaluations) it covers an earlier stretch of
+        # the trajectory than its centre; kept as upstream defines it.
+        window = GuidanceWindow(len(schedule), settings.guidance_interval)
         apg = ApgGuidance(model.guidance_norm_dims)
 
         for step, sigma in enumerate(sigmas.tolist()):
