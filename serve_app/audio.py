@@ -100,6 +100,23 @@ def mp3_bitrates(sample_rate: int, channels: int = 2) -> tuple[int, ...]:
     return tuple(k for k in _mpeg_bitrates(sample_rate) if _mp3_gapless(sample_rate, channels, k))
 
 
+def resolve_mp3_bitrate(sample_rate: int, kbps: int | None = None, channels: int = 2) -> int:
+    """The CBR bitrate an mp3 at ``sample_rate`` is written with.
+
+    ``kbps`` when it is valid there (``ValueError`` naming the valid ones
+    otherwise); when ``None``, the default 192 kbps or, at the MPEG-2 rates
+    (16-24 kHz) whose bitrates stop at 160, the highest valid rate below it.
+    """
+    valid = mp3_bitrates(sample_rate, channels)
+    if kbps is None:
+        return max(rate for rate in valid if rate <= DEFAULT_MP3_BITRATE_KBPS)
+    if kbps not in valid:
+        raise ValueError(
+            f"{kbps} kbps is not a valid mp3 bitrate at {sample_rate} Hz; choose one of {', '.join(map(str, valid))}"
+        )
+    return kbps
+
+
 def _mpeg_bitrates(sample_rate: int) -> tuple[int, ...]:
     if sample_rate in _MPEG1_RATES:
         return _MPEG1_BITRATES

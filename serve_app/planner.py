@@ -1,0 +1,192 @@
+"""Turn a client request into a fully resolved ``GenerationPlan``.
+
+Like a router's validation stage: ACE-Step defaults, the model's defaults, the
+preset and the request are merged (in that order, the request winning); seeds
+are drawn when none are given; every cross-field rule is checked against the
+chosen model; and parameters that the other settings make inert are reported
+as warnings, so nothing a client sets is silently ignored.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Collection, Mapping
+
+from pydantic import ValidationError
+
+from .audio import resolve_mp3_bitrate
+from .pipeline.registry import CATALOG, ModelSpec
+from .pipeline.settings import (
+    ACESTEP_DEFAULTS,
+    GenerationParams,
+    SettingsError,
+    check_supported,
+    is_guided,
+    uses_double_guidance,
+)
+from .presets import Preset, PresetBook
+from .schemas import GenerateRequest, GenerationPlan, Output, ParamWarning
+from .storage import validate_output_name
+
+DEFAULT_FORMAT = "wav"
+DEFAULT_SAMPLE_RATE = 48000
+
+# Everything that only matters when classifier-free guidance runs.
+GUIDANCE_FIELDS = (
+    "cfg_type",
+    "guidance_interval",
+    "guidance_interval_decay",
+    "min_guidance_scale",
+    "guidance_scale_text",
+    "guidance_scale_lyric",
+    "use_erg_tag",
+    "use_erg_lyric",
+    "use_erg_diffusion",
+)
+
+
+class PlanningError(ValueError):
+    """A request that cannot be honoured, naming the field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class Planner:
+    def __init__(self, presets: PresetBook, served_models: Collection[str], default_model: str) -> None:
+        unknown = set(served_models) - set(CATALOG)
+        if unknown:
+            raise ValueError(f"served models not in the catalog: {sorted(unknown)}")
+        if default_model not in served_models:
+            raise ValueError(f"default model {default_model!r} is not among the served models")
+        self.presets = presets
+        self.served_models = tuple(served_models)
+        self.default_model = default_model
+
+    def plan(self, request: GenerateRequest, request_id: str) -> GenerationPlan:
+        spec = self._model(request.model)
+        preset = self._preset(request.preset)
+        given = {
+            name: getattr(request, name)
+            for name in request.model_fields_set & set(GenerationParams.model_fields)
+            if getattr(request, name) is not None
+        }
+        preset_params = dict(preset.params) if preset else {}
+        values: dict[str, Any] = {**ACESTEP_DEFAULTS, **spec.defaults, **preset_params, **given}
+        values["model"] = spec.name
+        values["actual_seeds"] = self._seeds(request)
+        if values["oss_steps"]:
+            # ACE-Step runs oss_steps as a subset of a max(oss_steps)-step schedule.
+            values["infer_step"] = max(values["oss_steps"])
+
+        def source(field: str) -> str | None:
+            return f"preset {preset.name!r}" if preset and field in preset_params and field not in given else None
+
+        try:
+            params = GenerationParams(**values)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = str(error["loc"][0]) if error["loc"] else "request"
+            raise PlanningError(field, _with_source(error["msg"], source(field))) from None
+        try:
+            check_supported(params.batch_settings(), spec)
+        except SettingsError as exc:
+            raise PlanningError(exc.field, _with_source(exc.reason, source(exc.field))) from None
+
+        return GenerationPlan(
+            request_id=request_id,
+            preset=preset.name if preset else None,
+            params=params,
+            output=self._output(request),
+            warnings=inert_parameter_warnings(params, given),
+        )
+
+    def _model(self, name: str | None) -> ModelSpec:
+        name = name or self.default_model
+        if name not in self.served_models:
+            raise PlanningError("model", f"unknown model {name!r}; served models: {', '.join(self.served_models)}")
+        return CATALOG[name]
+
+    def _preset(self, name: str | None) -> Preset | None:
+        if name is None:
+            return None
+        try:
+            return self.presets.get(name)
+        except KeyError:
+            raise PlanningError(
+                "preset", f"unknown preset {name!r}; known presets: {', '.join(self.presets.names())}"
+            ) from None
+
+    @staticmethod
+    def _seeds(request: GenerateRequest) -> tuple[int, ...]:
+        seeds = request.actual_seeds
+        if seeds is None:
+            return tuple(secrets.randbelow(2**32) for _ in range(request.batch_size or 1))
+        if request.batch_size is not None and request.batch_size != len(seeds):
+            raise PlanningError("batch_size", f"is {request.batch_size} but actual_seeds has {len(seeds)} seeds")
+        if len(set(seeds)) != len(seeds):
+            raise PlanningError("actual_seeds", "seeds must be distinct: the same seed gives the same audio")
+        return tuple(seeds)
+
+    @staticmethod
+    def _output(request: GenerateRequest) -> Output:
+        fmt = request.format or DEFAULT_FORMAT
+        sample_rate = request.sample_rate or DEFAULT_SAMPLE_RATE
+        bitrate = None
+        if fmt == "mp3":
+            try:
+                bitrate = resolve_mp3_bitrate(sample_rate, request.mp3_bitrate_kbps)
+            except ValueError as exc:
+                raise PlanningError("mp3_bitrate_kbps", str(exc)) from None
+        elif request.mp3_bitrate_kbps is not None:
+            raise PlanningError("mp3_bitrate_kbps", f"applies to format mp3 only, not {fmt}")
+
+        name_field = "output_path" if request.output_path is not None else "output_name"
+        name = getattr(request, name_field)
+        if name is not None:
+            try:
+                name = validate_output_name(name)
+            except ValueError as exc:
+                raise PlanningError(name_field, str(exc).removeprefix("output_name ")) from None
+        return Output(format=fmt, mp3_bitrate_kbps=bitrate, sample_rate=sample_rate, name=name)
+
+
+def _with_source(message: str, source: str | None) -> str:
+    return f"{message} (value from {source})" if source else message
+
+
+def inert_parameter_warnings(params: GenerationParams, given: Mapping[str, Any]) -> list[ParamWarning]:
+    """Parameters the client set that ACE-Step's own semantics make inert here.
+
+    Each note names the setting that makes the field inert; the sampler is
+    the authority (``serve_app/pipeline/sampler.py``), and the tests check
+    that changing a field named here really leaves the audio unchanged.
+    """
+    notes: dict[str, str] = {}
+    if not is_guided(params.guidance_scale):
+        for name in GUIDANCE_FIELDS:
+            notes[name] = "has no effect: guidance is off because guidance_scale is 0 or 1"
+    elif uses_double_guidance(params.guidance_scale_text, params.guidance_scale_lyric):
+        replaced = "has no effect: double-condition guidance (guidance_scale_text and guidance_scale_lyric both above 1)"
+        notes["guidance_scale"] = f"{replaced} sets the strengths; guidance_scale only switches guidance on"
+        for name in ("cfg_type", "guidance_interval_decay", "min_guidance_scale"):
+            notes[name] = f"{replaced} replaces the cfg_type combination and its scale schedule"
+    else:
+        for name in ("guidance_scale_text", "guidance_scale_lyric"):
+            notes[name] = (
+                "has no effect: double-condition guidance needs both guidance_scale_text and guidance_scale_lyric above 1"
+            )
+    if params.guidance_interval_decay == 0:
+        notes.setdefault("min_guidance_scale", "has no effect while guidance_interval_decay is 0")
+    if params.use_erg_tag and not params.use_erg_lyric:
+        notes.setdefault(
+            "use_erg_tag",
+            "has no effect without use_erg_lyric: ACE-Step uses the ERG text embedding only inside the ERG lyric pass",
+        )
+    if params.scheduler_type == "pingpong":
+        notes.setdefault("omega_scale", "has no effect: the pingpong scheduler does not use omega_scale")
+    if params.oss_steps and given.get("infer_step", params.infer_step) != params.infer_step:
+        notes.setdefault("infer_step", f"replaced by max(oss_steps) = {params.infer_step}")
+    return [ParamWarning(field=name, message=message) for name, message in notes.items() if name in given]

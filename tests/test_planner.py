@@ -1,0 +1,180 @@
+"""Presets and the planner: a request becomes a fully resolved, checked plan."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
+from serve_app.planner import Planner, PlanningError
+from serve_app.presets import DEFAULT_PRESETS_PATH, PresetBook, PresetError
+from serve_app.schemas import GenerateRequest
+
+V1 = "ace-step-v1-tiny"
+V15 = "acestep-v15-tiny"
+ALL_ERG = {"use_erg_tag": True, "use_erg_lyric": True, "use_erg_diffusion": True}
+NO_ERG = {"use_erg_tag": False, "use_erg_lyric": False, "use_erg_diffusion": False}
+
+
+@pytest.fixture(scope="module")
+def planner() -> Planner:
+    return Planner(PresetBook.load(), served_models=[V1, V15], default_model=V1)
+
+
+def plan(planner: Planner, **fields):
+    return planner.plan(GenerateRequest(prompt="synthwave, 120 bpm", **fields), "req1")
+
+
+def refused(planner: Planner, **fields) -> PlanningError:
+    with pytest.raises(PlanningError) as caught:
+        plan(planner, **fields)
+    return caught.value
+
+
+# ------------------------------------------------------------------- presets
+
+
+def test_presets_hold_the_guide_recipes_exactly():
+    raw = json.loads(DEFAULT_PRESETS_PATH.read_text())
+    assert raw["balanced"]["params"] == {
+        "infer_step": 60,
+        "guidance_scale": 15.0,
+        "cfg_type": "apg",
+        "scheduler_type": "euler",
+        "omega_scale": 10.0,
+        **ALL_ERG,
+    }
+    assert raw["freestyle"]["params"] == {
+        "guidance_scale": 9.0,
+        "guidance_interval": 0.3,
+        "guidance_interval_decay": 0.5,
+        "min_guidance_scale": 2.0,
+        **ALL_ERG,
+    }
+    assert raw["precision"]["params"] == {"guidance_scale": 18.0, "cfg_type": "cfg_star", **NO_ERG}
+    assert raw["draft"]["params"]["infer_step"] < 60
+
+
+def test_preset_values_resolve_and_request_fields_override_them(planner):
+    resolved = plan(planner, preset="freestyle").params
+    assert (resolved.guidance_scale, resolved.guidance_interval, resolved.guidance_interval_decay) == (9.0, 0.3, 0.5)
+    assert resolved.min_guidance_scale == 2.0
+    assert (resolved.use_erg_tag, resolved.use_erg_lyric, resolved.use_erg_diffusion) == (True, True, True)
+    # Fields the recipe leaves open come from ACE-Step's defaults.
+    assert resolved.infer_step == ACESTEP_DEFAULTS["infer_step"] and resolved.cfg_type == "apg"
+
+    overridden = plan(planner, preset="freestyle", guidance_scale=4.0, infer_step=5).params
+    assert (overridden.guidance_scale, overridden.infer_step, overridden.guidance_interval) == (4.0, 5, 0.3)
+
+
+def test_model_defaults_apply_below_the_preset(planner):
+    resolved = plan(planner, model=V15).params
+    assert resolved.infer_step == 50 and resolved.guidance_scale == 7.0  # ACE-Step 1.5 base defaults
+    assert not (resolved.use_erg_tag or resolved.use_erg_lyric or resolved.use_erg_diffusion)
+    assert plan(planner, model=V15, preset="precision").params.guidance_scale == 18.0
+
+
+def test_a_preset_file_with_a_bad_value_is_refused_at_load(tmp_path):
+    path = tmp_path / "presets.json"
+    path.write_text(json.dumps({"loud": {"params": {"guidance_scale": 500}}}))
+    with pytest.raises(PresetError, match="loud"):
+        PresetBook.load(path)
+    path.write_text(json.dumps({"mine": {"params": {"prompt": "presets do not choose content"}}}))
+    with pytest.raises(PresetError, match="prompt"):
+        PresetBook.load(path)
+
+
+def test_unknown_preset_and_model_list_the_known_ones(planner):
+    error = refused(planner, preset="loud")
+    assert error.field == "preset"
+    for name in ("balanced", "freestyle", "precision", "draft"):
+        assert name in error.message
+    error = refused(planner, model="ace-step-v2")
+    assert error.field == "model" and V1 in error.message and V15 in error.message
+
+
+# ------------------------------------------------------------- resolution
+
+
+def test_plan_is_fully_resolved_and_repeatable(planner):
+    first = plan(planner, preset="balanced", audio_duration=12.5, batch_size=3)
+    assert len(first.params.actual_seeds) == 3 and len(set(first.params.actual_seeds)) == 3
+    # Posting the resolved parameters back resolves to the same plan.
+    again = planner.plan(GenerateRequest(**first.params.model_dump()), "req2")
+    assert again.params == first.params
+
+
+def test_given_seeds_are_kept_in_order(planner):
+    assert plan(planner, actual_seeds=[7, 3, 5]).params.actual_seeds == (7, 3, 5)
+    # ACE-Step's own string form is accepted too.
+    assert plan(planner, actual_seeds="7, 3").params.actual_seeds == (7, 3)
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"actual_seeds": [1, 1]}, "actual_seeds"),
+        ({"actual_seeds": [1, 2], "batch_size": 3}, "batch_size"),
+        ({"model": V15, "use_erg_diffusion": True}, "use_erg_diffusion"),
+        ({"audio_duration": 241}, "audio_duration"),
+        ({"scheduler_type": "heun", "oss_steps": [2, 5]}, "oss_steps"),
+        ({"oss_steps": [5, 2]}, "oss_steps"),
+        ({"format": "wav", "mp3_bitrate_kbps": 192}, "mp3_bitrate_kbps"),
+        ({"format": "mp3", "mp3_bitrate_kbps": 100}, "mp3_bitrate_kbps"),
+        ({"format": "mp3", "sample_rate": 16000, "mp3_bitrate_kbps": 192}, "mp3_bitrate_kbps"),
+        ({"output_name": "../escape"}, "output_name"),
+        ({"output_name": "/etc/passwd"}, "output_name"),
+        ({"output_path": "C:/Users/me/song.wav"}, "output_path"),
+        ({"output_path": "~/song"}, "output_path"),
+    ],
+)
+def test_cross_field_errors_name_the_field(planner, fields, field):
+    assert refused(planner, **fields).field == field
+
+
+def test_preset_values_that_the_model_refuses_say_where_they_came_from(planner):
+    error = refused(planner, model=V15, preset="balanced")
+    assert error.field.startswith("use_erg_") and "preset 'balanced'" in error.message
+
+
+def test_output_options(planner):
+    output = plan(planner).output
+    assert (output.format, output.sample_rate, output.mp3_bitrate_kbps, output.name) == ("wav", 48000, None, None)
+    assert plan(planner, format="mp3").output.mp3_bitrate_kbps == 192
+    assert plan(planner, format="mp3", sample_rate=24000).output.mp3_bitrate_kbps == 160
+    assert plan(planner, output_path="albums/summer/track").output.name == "albums/summer/track"
+
+
+def test_oss_steps_set_infer_step(planner):
+    resolved = plan(planner, oss_steps=[1, 4, 9]).params
+    assert resolved.infer_step == 9 and resolved.oss_steps == (1, 4, 9)
+
+
+# ------------------------------------------------------------------ warnings
+
+
+def warned(planner, **fields) -> set[str]:
+    return {warning.field for warning in plan(planner, **fields).warnings}
+
+
+def test_inert_parameters_are_reported_only_when_the_client_set_them(planner):
+    assert warned(planner, guidance_scale=1.0, cfg_type="cfg", use_erg_lyric=False) == {"cfg_type", "use_erg_lyric"}
+    assert warned(planner, guidance_scale=1.0) == set()
+    assert warned(planner, guidance_scale_text=3.0) == {"guidance_scale_text"}
+    assert warned(planner, guidance_scale_text=3.0, guidance_scale_lyric=2.0, cfg_type="cfg", guidance_scale=4.0) == {
+        "cfg_type",
+        "guidance_scale",
+    }
+    assert warned(planner, min_guidance_scale=5.0) == {"min_guidance_scale"}
+    assert warned(planner, min_guidance_scale=5.0, guidance_interval_decay=0.5) == set()
+    assert warned(planner, use_erg_tag=True, use_erg_lyric=False) == {"use_erg_tag"}
+    assert warned(planner, scheduler_type="pingpong", omega_scale=3.0) == {"omega_scale"}
+    assert warned(planner, oss_steps=[2, 6], infer_step=60) == {"infer_step"}
+
+
+def test_every_request_parameter_is_a_generation_parameter_or_an_output_option():
+    resolved = set(GenerationParams.model_fields)
+    output_options = {"format", "mp3_bitrate_kbps", "sample_rate", "output_name", "output_path"}
+    selection = {"preset", "model", "batch_size"}
+    assert set(GenerateRequest.model_fields) == resolved | output_options | selection
