@@ -1,0 +1,24 @@
+"""Asynchronous jobs: submit a generation, watch its progress, cancel it, fetch its result.
+
+Ray-free: ``deployments/jobs.py`` hosts the ``JobCoordinator`` as one Serve
+replica and gives it the generator's streaming handle.
+"""
+
+from .coordinator import CoordinatorConfig, JobConflict, JobCoordinator, JobStream
+from .models import JobAccepted, JobProgress, JobStatus
+from .records import JobNotFound, JobRecords
+from .webhooks import WebhookPolicy, WebhookSender
+
+__all__ = [
+    "CoordinatorConfig",
+    "JobAccepted",
+    "JobConflict",
+    "JobCoordinator",
+    "JobNotFound",
+    "JobProgress",
+    "JobRecords",
+    "JobStatus",
+    "JobStream",
+    "WebhookPolicy",
+    "WebhookSender",
+]
