@@ -1,0 +1,327 @@
+"""The generator's core: batch resolved plans on the GPU, then write the audio.
+
+Ray-free so it can be tested with plain asyncio; ``deployments/generator.py``
+wraps it in a Serve replica. One GPU thread runs one batch at a time; encoding
+and uploads run on an I/O pool so the next batch starts as soon as the
+previous one is decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Literal, Mapping, Sequence
+
+import torch
+
+from .audio import content_type, encode_audio, file_extension, resample
+from .batching import BatchInfo, KeyedBatcher
+from .errors import GenerationFailed, Unavailable
+from .metrics import NullMetrics
+from .pipeline.pipeline import BatchOutput, ItemOutput, MusicPipeline
+from .pipeline.settings import BatchSettings, ItemSettings
+from .schemas import GenerateResponse, GenerationPlan, ItemFailure, OutputFile
+from .storage import ObjectStore, StorageError, build_output_key, write_output
+
+logger = logging.getLogger(__name__)
+
+Stage = Literal["queued", "running", "encoding", "done"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One item's progress; ``step``/``total_steps`` count denoiser evaluations."""
+
+    request_id: str
+    item: int
+    stage: Stage
+    step: int = 0
+    total_steps: int = 0
+
+
+ProgressSink = Callable[[Progress], None]
+"""Called from the event loop and from the GPU thread: must be thread-safe and quick."""
+
+
+class GenerationCancelled(Exception):
+    """Every item of the request was cancelled before it finished."""
+
+
+class ItemGenerationFailed(GenerationFailed):
+    """One item could not be generated (e.g. non-finite values); its batch-mates may have been."""
+
+    def __init__(self, seed: int, reason: str) -> None:
+        super().__init__(f"seed {seed}: {reason}")
+        self.seed = seed
+        self.reason = reason
+
+    def __reduce__(self):
+        return (type(self), (self.seed, self.reason))
+
+
+@dataclass
+class EngineConfig:
+    max_batch_size: int = 8
+    max_batch_audio_s: float = 480.0
+    """Caps the batch by total audio, so long durations get smaller batches."""
+    batch_wait_s: float = 0.1
+    output_prefix: str = "outputs"
+    io_workers: int = 4
+
+
+@dataclass
+class _Work:
+    request_id: str
+    index: int
+    item: ItemSettings
+    total_steps: int
+    progress: ProgressSink | None
+    cancelled: bool = False
+
+    def report(self, stage: Stage, step: int = 0) -> None:
+        if self.progress is not None:
+            self.progress(Progress(self.request_id, self.index, stage, step, self.total_steps))
+
+
+@dataclass
+class _Generated:
+    output: ItemOutput
+    sample_rate: int
+    timings: dict[str, float]
+
+
+@dataclass
+class _Written:
+    file: OutputFile
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class GenerationEngine:
+    def __init__(
+        self,
+        pipelines: Mapping[str, MusicPipeline],
+        store: ObjectStore,
+        config: EngineConfig | None = None,
+        metrics: NullMetrics | None = None,
+    ) -> None:
+        self.pipelines = dict(pipelines)
+        self.store = store
+        self.config = config or EngineConfig()
+        self.metrics = metrics or NullMetrics()
+        self._batcher: KeyedBatcher[BatchSettings, _Work, _Generated] = KeyedBatcher(
+            self._run_batch, max_batch_size=self.batch_cap, max_wait_s=self.config.batch_wait_s
+        )
+        self._gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")
+        self._io = ThreadPoolExecutor(self.config.io_workers, thread_name_prefix="encode-upload")
+        self._active: dict[str, list[_Work]] = {}
+        self._device_error: str | None = None
+
+    def batch_cap(self, settings: BatchSettings) -> int:
+        by_audio = math.floor(self.config.max_batch_audio_s / settings.audio_duration)
+        return max(1, min(self.config.max_batch_size, by_audio))
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a request: queued items leave at once, running ones at the next step."""
+        works = self._active.get(request_id)
+        if not works:
+            return False
+        for work in works:
+            work.cancelled = True
+        self._batcher.withdraw(lambda work: work.request_id == request_id)
+        return True
+
+    def queue_position(self, request_id: str) -> int | None:
+        positions = [self._batcher.position(work) for work in self._active.get(request_id, [])]
+        known = [p for p in positions if p is not None]
+        return min(known) if known else None
+
+    async def generate(self, plan: GenerationPlan, progress: ProgressSink | None = None) -> GenerateResponse:
+        started = time.perf_counter()
+        settings = plan.params.batch_settings()
+        if settings.model not in self.pipelines:
+            raise Unavailable(f"model {settings.model!r} is not served by this replica")
+        works = [
+            _Work(plan.request_id, index, item, settings.total_steps, progress)
+            for index, item in enumerate(plan.params.items())
+        ]
+        self._active[plan.request_id] = works
+        for work in works:
+            work.report("queued")
+        try:
+            results = await asyncio.gather(
+                *(self._produce(plan, settings, work) for work in works), return_exceptions=True
+            )
+        except asyncio.CancelledError:
+            for work in works:
+                work.cancelled = True
+            raise
+        finally:
+            self._active.pop(plan.request_id, None)
+        return await self._respond(plan, works, results, time.perf_counter() - started)
+
+    async def _produce(self, plan: GenerationPlan, settings: BatchSettings, work: _Work) -> _Written:
+        try:
+            generated, batch = await self._batcher.submit(settings, work)
+        except asyncio.CancelledError:
+            if work.cancelled:  # withdrawn by cancel(), while our caller still waits
+                raise GenerationCancelled() from None
+            raise
+        self.metrics.queue_wait(settings.model, batch.queue_wait_s)
+        output = generated.output
+        if output.cancelled:
+            raise GenerationCancelled()
+        if output.error is not None:
+            raise ItemGenerationFailed(output.seed, output.error)
+        work.report("encoding", work.total_steps)
+        loop = asyncio.get_running_loop()
+        written = await loop.run_in_executor(self._io, self._write, plan, generated, batch)
+        work.report("done", work.total_steps)
+        return written
+
+    async def _run_batch(self, settings: BatchSettings, works: Sequence[_Work]) -> list[_Generated]:
+        pipeline = self.pipelines[settings.model]
+        self.metrics.queue_depth(self._batcher.queued())
+
+        def on_step(done: int, total: int, active: Sequence[int]) -> set[int]:
+            for index in active:
+                works[index].report("running", done)
+            return {index for index, work in enumerate(works) if work.cancelled}
+
+        for work in works:
+            work.report("running", 0)
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            output: BatchOutput = await loop.run_in_executor(
+                self._gpu, pipeline, settings, [work.item for work in works], on_step
+            )
+        except torch.AcceleratorError as exc:
+            # A CUDA error poisons the context: let the health check have the replica replaced.
+            self._device_error = f"{type(exc).__name__}: {exc}"
+            raise
+        elapsed = time.perf_counter() - started
+        finished = sum(1 for item in output.items if item.waveform is not None)
+        self.metrics.batch_finished(settings.model, len(works), finished * settings.audio_duration, elapsed)
+        return [_Generated(item, output.sample_rate, dict(output.timings)) for item in output.items]
+
+    def _write(self, plan: GenerationPlan, generated: _Generated, batch: BatchInfo) -> _Written:
+        spec, output = plan.output, generated.output
+        timings = {"queue_s": batch.queue_wait_s, **generated.timings}
+        started = time.perf_counter()
+        waveform = output.waveform
+        if spec.sample_rate != generated.sample_rate:
+            waveform = resample(waveform, generated.sample_rate, spec.sample_rate)
+        data = encode_audio(waveform, spec.sample_rate, spec.format, mp3_bitrate_kbps=spec.mp3_bitrate_kbps)
+        timings["encode_s"] = time.perf_counter() - started
+
+        key = build_output_key(
+            self.config.output_prefix,
+            plan.request_id,
+            output.seed,
+            file_extension(spec.format),
+            name=spec.name,
+            when=datetime.now(timezone.utc),
+        )
+        file = OutputFile(
+            seed=output.seed,
+            key=key,
+            url="",
+            format=spec.format,
+            sample_rate=spec.sample_rate,
+            duration=plan.params.audio_duration,
+            batch_size=batch.size,
+            sidecar_key=f"{key}.json",
+        )
+        sidecar = {
+            "request_id": plan.request_id,
+            "preset": plan.preset,
+            "output": file.model_dump(exclude={"url"}),
+            "params": resolved_params(plan),
+            "warnings": [warning.model_dump() for warning in plan.warnings],
+            "timings": timings,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+        }
+        started = time.perf_counter()
+        try:
+            write_output(self.store, key, data, content_type(spec.format), sidecar)
+            url = self.store.url(key)
+        except StorageError as exc:
+            # The details name endpoints and buckets: for the log, not the client.
+            logger.error("request %s: storing %s failed: %s", plan.request_id, key, exc)
+            self.metrics.storage_op("write_output", time.perf_counter() - started, ok=False)
+            raise Unavailable("object storage is unavailable; nothing was stored, retry later") from None
+        timings["upload_s"] = time.perf_counter() - started
+        self.metrics.storage_op("write_output", timings["upload_s"], ok=True)
+        return _Written(file.model_copy(update={"url": url}), timings)
+
+    async def _respond(
+        self, plan: GenerationPlan, works: list[_Work], results: list, elapsed: float
+    ) -> GenerateResponse:
+        written = [result for result in results if isinstance(result, _Written)]
+        errors = [result for result in results if isinstance(result, BaseException)]
+        failures = [error for error in errors if isinstance(error, ItemGenerationFailed)]
+        fatal = [error for error in errors if not isinstance(error, (ItemGenerationFailed, GenerationCancelled))]
+        if fatal or not written:
+            # The request fails as a whole: remove what it already wrote.
+            await asyncio.get_running_loop().run_in_executor(self._io, self._discard, written)
+            if fatal:
+                raise next((error for error in fatal if isinstance(error, Unavailable)), fatal[0])
+            if failures:
+                raise failures[0]
+            raise GenerationCancelled()
+        timings = {
+            name: max(result.timings.get(name, 0.0) for result in written)
+            for name in ("queue_s", "diffusion_s", "decode_s", "encode_s", "upload_s")
+        }
+        timings["total_s"] = elapsed
+        return GenerateResponse(
+            request_id=plan.request_id,
+            model=plan.params.model,
+            preset=plan.preset,
+            outputs=[result.file for result in written],
+            params=resolved_params(plan),
+            timings=timings,
+            warnings=plan.warnings,
+            failures=[ItemFailure(seed=error.seed, message=error.reason) for error in failures],
+        )
+
+    def _discard(self, written: list[_Written]) -> None:
+        # Audio first: an audio object never outlives its sidecar (see write_output).
+        for result in written:
+            for key in (result.file.key, result.file.sidecar_key):
+                try:
+                    self.store.delete(key)
+                except StorageError as exc:
+                    logger.warning("could not remove %s of a failed request: %s", key, exc)
+                    break
+
+    def loaded(self) -> bool:
+        return all(pipeline.loaded_variants() for pipeline in self.pipelines.values())
+
+    def check_health(self) -> None:
+        """Raise when this replica cannot serve and should be replaced."""
+        if not self.loaded():
+            raise RuntimeError("a served model has no loaded weights")
+        if self._device_error is not None:
+            raise RuntimeError(f"the device failed and needs a new process: {self._device_error}")
+
+    def close(self) -> None:
+        self._gpu.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=False, cancel_futures=True)
+
+
+def resolved_params(plan: GenerationPlan) -> dict:
+    """Sampling and output parameters: POSTing them back repeats the request exactly."""
+    params = plan.params.model_dump(mode="json")
+    params.update(
+        format=plan.output.format,
+        mp3_bitrate_kbps=plan.output.mp3_bitrate_kbps,
+        sample_rate=plan.output.sample_rate,
+        output_name=plan.output.name,
+    )
+    return params

@@ -1,0 +1,57 @@
+"""Errors a client can see, each with its HTTP status.
+
+They cross Ray handles (the generator raises, the ingress maps), so they
+pickle by their constructor arguments.
+"""
+
+from __future__ import annotations
+
+from .schemas import ErrorBody, ErrorResponse, FieldError
+
+
+class ServiceError(Exception):
+    status = 500
+    type = "internal_error"
+
+    def __init__(self, message: str, fields: list[FieldError] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = list(fields or [])
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.fields))
+
+    def body(self) -> ErrorResponse:
+        return ErrorResponse(error=ErrorBody(type=self.type, message=self.message, fields=self.fields))
+
+
+class InvalidRequest(ServiceError):
+    status = 422
+    type = "invalid_request"
+
+    @classmethod
+    def for_field(cls, field: str, message: str) -> InvalidRequest:
+        return cls(f"{field}: {message}", [FieldError(field=field, message=message)])
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    type = "unauthorized"
+
+
+class NotFound(ServiceError):
+    status = 404
+    type = "not_found"
+
+
+class Unavailable(ServiceError):
+    """Temporarily unable to serve: overloaded, storage down, model loading."""
+
+    status = 503
+    type = "unavailable"
+    retry_after_s = 5
+
+
+class GenerationFailed(ServiceError):
+    status = 500
+    type = "generation_failed"

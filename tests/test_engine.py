@@ -1,0 +1,185 @@
+"""The generator's engine without Ray: batching by key, outputs, storage faults, cancellation.
+
+Runs the tiny test model through the real pipeline; plans come from the real
+planner, so these are the plans the service sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serve_app.engine import EngineConfig, GenerationCancelled, GenerationEngine
+from serve_app.errors import Unavailable
+from serve_app.pipeline.pipeline import MusicPipeline
+from serve_app.planner import Planner
+from serve_app.presets import PresetBook
+from serve_app.schemas import GenerateRequest, GenerationPlan
+from serve_app.storage import LocalStore, StorageUnavailableError
+
+from .conftest import TEST_MODEL
+
+FAST = {"model": TEST_MODEL, "infer_step": 3, "audio_duration": 1.0, "bf16": False}
+
+
+@pytest.fixture(scope="module")
+def pipeline(models_root):
+    pipeline = MusicPipeline(TEST_MODEL, "cpu", models_root=models_root)
+    pipeline.model(bf16=False)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def planner():
+    return Planner(PresetBook.load(), served_models=[TEST_MODEL], default_model=TEST_MODEL)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return LocalStore(tmp_path / "outputs")
+
+
+_ids = iter(range(10**6))
+
+
+def make_plan(planner: Planner, **fields) -> GenerationPlan:
+    request = GenerateRequest(**{"prompt": "ambient pads", **FAST, **fields})
+    return planner.plan(request, f"req{next(_ids)}")
+
+
+def run(engine: GenerationEngine, *plans: GenerationPlan, **kwargs):
+    async def main():
+        try:
+            return await asyncio.gather(*(engine.generate(plan, **kwargs) for plan in plans), return_exceptions=True)
+        finally:
+            engine.close()
+
+    return asyncio.run(main())
+
+
+def read_audio(store: LocalStore, key: str) -> tuple[np.ndarray, int]:
+    return sf.read(io.BytesIO(store.get(key)), dtype="float32", always_2d=True)
+
+
+def test_same_key_shares_a_batch_and_durations_never_mix(pipeline, planner, store):
+    engine = GenerationEngine({TEST_MODEL: pipeline}, store, EngineConfig(batch_wait_s=0.2))
+    one_second = [make_plan(planner, actual_seeds=[seed], prompt=f"song {seed}") for seed in (1, 2, 3)]
+    two_seconds = [make_plan(planner, actual_seeds=[seed], audio_duration=2.0) for seed in (4, 5)]
+    responses = run(engine, *one_second, *two_seconds)
+
+    assert [response.outputs[0].batch_size for response in responses] == [3, 3, 3, 2, 2]
+    for response, duration in zip(responses, [1.0, 1.0, 1.0, 2.0, 2.0]):
+        output = response.outputs[0]
+        audio, rate = read_audio(store, output.key)
+        assert (rate, audio.shape) == (48000, (int(duration * 48000), 2))
+        assert output.duration == duration and output.url == f"/outputs/{output.key}"
+
+
+def test_batch_cap_follows_the_duration(pipeline, planner, store):
+    # 3 s of audio per batch: five 1 s items run as 3 + 2, 2 s items one at a time.
+    engine = GenerationEngine({TEST_MODEL: pipeline}, store, EngineConfig(batch_wait_s=0.2, max_batch_audio_s=3.0))
+    short = make_plan(planner, actual_seeds=[1, 2, 3, 4, 5])
+    long = make_plan(planner, actual_seeds=[6, 7], audio_duration=2.0)
+    short_response, long_response = run(engine, short, long)
+    assert sorted(output.batch_size for output in short_response.outputs) == [2, 2, 3, 3, 3]
+    assert [output.batch_size for output in long_response.outputs] == [1, 1]
+
+
+def test_outputs_carry_a_sidecar_that_repeats_the_request(pipeline, planner, store):
+    engine = GenerationEngine({TEST_MODEL: pipeline}, store, EngineConfig(batch_wait_s=0.0))
+    plan = make_plan(planner, actual_seeds=[11, 12], format="flac", output_name="albums/demo/")
+    (response,) = run(engine, plan)
+    assert [output.seed for output in response.outputs] == [11, 12]
+    for output in response.outputs:
+        assert output.key.startswith("outputs/albums/demo/") and output.key.endswith(f"/{output.seed}.flac")
+        sidecar = json.loads(store.get(output.sidecar_key))
+        assert sidecar["params"] == response.params
+        assert sidecar["object"]["key"] == output.key
+    assert response.params["actual_seeds"] == [11, 12] and response.params["format"] == "flac"
+
+
+def test_a_failed_upload_fails_the_request_and_removes_what_it_wrote(pipeline, planner, tmp_path):
+    class LosesSeedTwelve(LocalStore):
+        def put(self, key, data, content_type, metadata=None):
+            if key.endswith("/12.wav"):
+                raise StorageUnavailableError("connection refused")
+            super().put(key, data, content_type, metadata)
+
+    store = LosesSeedTwelve(tmp_path / "outputs")
+    engine = GenerationEngine({TEST_MODEL: pipeline}, store, EngineConfig(batch_wait_s=0.0))
+    (result,) = run(engine, make_plan(planner, actual_seeds=[11, 12]))
+    assert isinstance(result, Unavailable) and result.status == 503
+    assert "connection refused" not in result.message  # store details stay in the log
+    assert store.list() == []
+
+
+def test_cancel_reports_progress_and_withdraws_queued_items(pipeline, planner, store):
+    events = []
+
+    async def main():
+        engine = GenerationEngine({TEST_MODEL: pipeline}, store, EngineConfig(batch_wait_s=0.5))
+        try:
+            kept = make_plan(planner, actual_seeds=[1])
+            dropped = make_plan(planner, actual_seeds=[2])
+            tasks = [asyncio.create_task(engine.generate(plan, events.append)) for plan in (kept, dropped)]
+            await asyncio.sleep(0.1)
+            assert engine.queue_position(dropped.request_id) is not None
+            assert engine.cancel(dropped.request_id)
+            return await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            engine.close()
+
+    kept_response, dropped_result = asyncio.run(main())
+    assert isinstance(dropped_result, GenerationCancelled)
+    assert kept_response.outputs[0].batch_size == 1
+    stages = [event.stage for event in events if event.request_id == kept_response.request_id]
+    assert stages[0] == "queued" and stages[-2:] == ["encoding", "done"] and "running" in stages
+    steps = [event.step for event in events if event.stage == "running" and event.request_id == kept_response.request_id]
+    assert steps[-1] == 3
+
+
+# -------------------------------------------- inert parameters are really inert
+
+
+def first_waveform(pipeline, planner, **fields) -> tuple[np.ndarray, set[str]]:
+    plan = make_plan(planner, actual_seeds=[5], infer_step=4, **fields)
+    output = pipeline(plan.params.batch_settings(), plan.params.items())
+    return output.items[0].waveform.numpy(), {warning.field for warning in plan.warnings}
+
+
+@pytest.mark.parametrize(
+    "base, field, values",
+    [
+        ({"guidance_scale": 1.0}, "cfg_type", ("apg", "cfg")),
+        ({"scheduler_type": "pingpong"}, "omega_scale", (10.0, 3.0)),
+        ({"guidance_interval_decay": 0.0}, "min_guidance_scale", (3.0, 8.0)),
+        ({"guidance_scale_text": 2.0, "guidance_scale_lyric": 3.0}, "guidance_scale", (5.0, 9.0)),
+        ({"guidance_scale_lyric": 0.0}, "guidance_scale_text", (0.0, 3.0)),
+    ],
+)
+def test_a_warned_parameter_does_not_change_the_audio(pipeline, planner, base, field, values):
+    first, warned = first_waveform(pipeline, planner, **base, **{field: values[0]})
+    second, _ = first_waveform(pipeline, planner, **base, **{field: values[1]})
+    assert field in warned
+    np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize(
+    "base, field, values",
+    [
+        ({"guidance_scale": 5.0}, "cfg_type", ("apg", "cfg")),
+        ({"scheduler_type": "euler"}, "omega_scale", (10.0, 3.0)),
+        ({"guidance_interval_decay": 1.0, "guidance_interval": 1.0}, "min_guidance_scale", (3.0, 8.0)),
+        ({}, "guidance_scale", (5.0, 9.0)),
+    ],
+)
+def test_the_same_parameter_counts_when_not_warned(pipeline, planner, base, field, values):
+    first, warned = first_waveform(pipeline, planner, **base, **{field: values[0]})
+    second, _ = first_waveform(pipeline, planner, **base, **{field: values[1]})
+    assert field not in warned
+    assert not np.array_equal(first, second)
