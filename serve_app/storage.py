@@ -481,7 +481,9 @@ class MinioConfig:
         ``MINIO_URL_EXPIRY_SECONDS`` optional  presigned URL lifetime, default 86400
         ==========================  =========  ===========================================
 
-        ``overrides`` set any other field (timeouts, retries...).
+        ``overrides`` set any field, these included (a configuration file
+        naming the endpoint and bucket, say); a required variable is needed
+        only when its field is not overridden.
         """
         env = os.environ if environ is None else environ
 
@@ -489,10 +491,13 @@ class MinioConfig:
             value = env.get(name)
             return value.strip() if value is not None and value.strip() else None
 
-        missing = [n for n in ("MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY") if get(n) is None]
+        required = {"MINIO_ENDPOINT": "endpoint", "MINIO_ACCESS_KEY": "access_key", "MINIO_SECRET_KEY": "secret_key"}
+        missing = [name for name, field in required.items() if get(name) is None and field not in overrides]
         if missing:
             raise ValueError(f"missing environment variable(s): {', '.join(missing)}")
-        endpoint, scheme_secure = _split_endpoint(get("MINIO_ENDPOINT") or "", "MINIO_ENDPOINT")
+        endpoint, scheme_secure = (
+            _split_endpoint(get("MINIO_ENDPOINT"), "MINIO_ENDPOINT") if get("MINIO_ENDPOINT") else (None, None)
+        )
         secure_env = get("MINIO_SECURE")
         secure = _parse_bool("MINIO_SECURE", secure_env) if secure_env is not None else None
         if secure is not None and scheme_secure is not None and secure != scheme_secure:

@@ -1,0 +1,118 @@
+"""HTTP routes, authentication and error mapping. Serving logic lives in ``Frontend``.
+
+``create_app(frontend)`` builds the FastAPI app; the Serve ingress builds it
+inside each replica (``__serve_build_asgi_app__``), and tests build it around
+an in-process frontend.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import mimetypes
+import os
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from .errors import ServiceError, Unauthorized
+from .frontend import Frontend
+from .schemas import (
+    LEGACY_FIELD_HINTS,
+    ErrorBody,
+    ErrorResponse,
+    FieldError,
+    GenerateRequest,
+    GenerateResponse,
+    ModelInfo,
+    PresetInfo,
+)
+
+logger = logging.getLogger(__name__)
+
+API_KEYS_ENV = "ACESTEP_API_KEYS"
+ERROR_RESPONSES = {
+    status: {"model": ErrorResponse} for status in (401, 404, 422, 500, 503)
+}
+
+
+def require_api_key(request: Request) -> None:
+    """Bearer-token auth, on when ``ACESTEP_API_KEYS`` (comma-separated) is set."""
+    keys = [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys):
+        raise Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
+
+
+def create_app(frontend: Frontend) -> FastAPI:
+    app = FastAPI(
+        title="ACE-Step music generation",
+        description="Text and lyrics to music with ACE-Step, batched on GPUs, outputs in object storage.",
+        version="0.1.0",
+    )
+    app.state.frontend = frontend
+    _install_error_handlers(app, frontend)
+    authed = [Depends(require_api_key)]
+
+    @app.post("/generate", response_model=GenerateResponse, responses=ERROR_RESPONSES, dependencies=authed)
+    async def generate(body: GenerateRequest) -> GenerateResponse:
+        return await frontend.generate(body)
+
+    @app.get("/presets", response_model=list[PresetInfo], dependencies=authed)
+    async def presets() -> list[PresetInfo]:
+        return frontend.presets()
+
+    @app.get("/models", response_model=list[ModelInfo], dependencies=authed)
+    async def models() -> list[ModelInfo]:
+        return frontend.models()
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        report = await frontend.health()
+        return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
+
+    @app.get("/outputs/{key:path}", responses=ERROR_RESPONSES, dependencies=authed)
+    async def outputs(key: str) -> Response:
+        data = await frontend.read_output(key)
+        media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+        return Response(content=data, media_type=media_type)
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI, frontend: Frontend) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        retry_after = getattr(exc, "retry_after_s", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return JSONResponse(exc.body().model_dump(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [FieldError(field=_field_name(error), message=_explain(error)) for error in exc.errors()]
+        message = "; ".join(f"{field.field}: {field.message}" for field in fields)
+        body = ErrorResponse(error=ErrorBody(type="invalid_request", message=message, fields=fields))
+        frontend.metrics.request_finished(request.url.path, 422, model="", preset=None)
+        return JSONResponse(body.model_dump(), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        body = ErrorResponse(error=ErrorBody(type="internal_error", message="internal error; see the server log"))
+        return JSONResponse(body.model_dump(), status_code=500)
+
+
+def _field_name(error: dict) -> str:
+    if error["type"] == "json_invalid":
+        return "body"
+    parts = [str(part) for part in error["loc"] if part not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def _explain(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return LEGACY_FIELD_HINTS.get(_field_name(error), "unknown field; the request schema is at /docs")
+    return error["msg"].removeprefix("Value error, ")

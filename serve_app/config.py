@@ -1,0 +1,104 @@
+"""Application settings: the ``args`` of ``serve_config.yaml``.
+
+One validated object, shared by the ingress and the generator, so both build
+the same object store and agree on the served models.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .pipeline.registry import CATALOG, DEFAULT_MODEL
+from .storage import LocalStore, MinioConfig, MinioStore, ObjectStore
+
+OUTPUT_DIR_ENV = "ACESTEP_OUTPUT_DIR"
+DEFAULT_OUTPUT_DIR = "~/.cache/ace-step-serve/outputs"
+
+
+class MinioSettings(BaseModel):
+    """MinIO connection; every field left out comes from its ``MINIO_*`` variable
+    (see ``MinioConfig.from_env``). Keep the keys in the environment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = Field(default=None, repr=False)
+    bucket: str | None = None
+    secure: bool | None = None
+    region: str | None = None
+    public_endpoint: str | None = None
+
+    def config(self) -> MinioConfig:
+        return MinioConfig.from_env(**self.model_dump(exclude_none=True))
+
+
+class StorageSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["auto", "minio", "local"] = "auto"
+    """``auto``: MinIO when ``MINIO_ENDPOINT`` is set or ``minio.endpoint`` given, else the local directory."""
+    local_root: str = Field(default_factory=lambda: os.environ.get(OUTPUT_DIR_ENV, DEFAULT_OUTPUT_DIR))
+    """The local store's directory (single machine only: the ingress serves it at ``/outputs``)."""
+    minio: MinioSettings = Field(default_factory=MinioSettings)
+
+    @field_validator("local_root")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        # Replicas do not share the caller's working directory.
+        return str(Path(value).expanduser().resolve())
+
+    def resolved_kind(self) -> Literal["minio", "local"]:
+        if self.kind != "auto":
+            return self.kind
+        return "minio" if self.minio.endpoint or os.environ.get("MINIO_ENDPOINT") else "local"
+
+
+class AppConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1)
+    default_model: str | None = None
+    device: str = "auto"
+    """``auto`` picks CUDA when a GPU is visible, else the CPU."""
+    num_gpus: float = Field(default=1, ge=0)
+    """GPUs per generator replica; 0 runs one CPU replica (the dev mode)."""
+    presets_path: str | None = None
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    output_prefix: str = "outputs"
+    max_batch_size: int = Field(default=8, ge=1, le=64)
+    max_batch_audio_s: float = Field(default=480.0, gt=0)
+    """Seconds of audio per batch: longer durations get smaller batches, so memory stays bounded."""
+    batch_wait_s: float = Field(default=0.1, ge=0)
+    """How long the first item of a batch may wait for batch-mates while the GPU is free."""
+    max_rows_per_forward: int | None = Field(default=None, ge=1)
+    warmup: bool = True
+    warmup_variants: list[Literal["bf16", "fp32"]] = Field(default_factory=lambda: ["bf16"], min_length=1)
+    """Weight variants loaded (and warmed up) at start; another loads on first use."""
+
+    @model_validator(mode="after")
+    def _known_models(self) -> AppConfig:
+        unknown = [name for name in self.models if name not in CATALOG]
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; known: {sorted(CATALOG)}")
+        if self.default_model is None:
+            self.default_model = self.models[0]
+        elif self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} must be one of models {self.models}")
+        return self
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def make_store(self) -> ObjectStore:
+        if self.storage.resolved_kind() == "minio":
+            return MinioStore(self.storage.minio.config())
+        return LocalStore(Path(self.storage.local_root))

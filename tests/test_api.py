@@ -1,0 +1,85 @@
+"""The HTTP layer in-process: error mapping, auth, and what the ingress does with generator failures."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from ray.exceptions import RayTaskError
+from ray.serve.exceptions import BackPressureError
+
+from deployments.ingress import ServeGeneratorClient
+from serve_app.api import API_KEYS_ENV, create_app
+from serve_app.errors import InvalidRequest, Unavailable
+from serve_app.frontend import Frontend
+from serve_app.planner import Planner
+from serve_app.presets import PresetBook
+from serve_app.storage import LocalStore
+
+from .conftest import TEST_MODEL
+
+
+class RaisingHandle:
+    """A generator handle whose call fails with ``error``, as a Serve handle would."""
+
+    deployment_name = "Generator"
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.generate = self
+
+    def remote(self, plan):
+        async def fail():
+            raise self.error
+
+        return fail()
+
+
+def client_for(error: BaseException, tmp_path) -> TestClient:
+    planner = Planner(PresetBook.load(), served_models=[TEST_MODEL], default_model=TEST_MODEL)
+    generator = ServeGeneratorClient(RaisingHandle(error), app_name="acestep")
+    return TestClient(create_app(Frontend(planner, generator, LocalStore(tmp_path))), raise_server_exceptions=False)
+
+
+def post(client: TestClient):
+    return client.post("/generate", json={"prompt": "x", "audio_duration": 1})
+
+
+def test_a_full_queue_is_a_503_with_retry_after(tmp_path):
+    response = post(client_for(BackPressureError(num_queued_requests=4, max_queued_requests=4), tmp_path))
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert response.json()["error"]["type"] == "unavailable"
+
+
+def test_service_errors_raised_in_the_generator_keep_their_status(tmp_path):
+    cause = Unavailable("object storage is unavailable; nothing was stored, retry later")
+    wrapped = RayTaskError("generate", "traceback text", cause)
+    response = post(client_for(wrapped, tmp_path))
+    assert response.status_code == 503 and response.json()["error"]["message"] == cause.message
+    assert "traceback" not in response.text
+
+
+def test_an_unexpected_failure_is_a_500_without_internals(tmp_path):
+    response = post(client_for(RuntimeError("CUDA error at /srv/secret/path.py:12"), tmp_path))
+    assert response.status_code == 500
+    assert response.json() == {"error": {"type": "internal_error", "message": "internal error; see the server log", "fields": []}}
+
+
+def test_service_errors_survive_pickling():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(InvalidRequest.for_field("preset", "unknown preset 'x'")))
+    assert error.status == 422 and error.fields[0].field == "preset"
+
+
+def test_api_keys_when_configured(tmp_path, monkeypatch):
+    monkeypatch.setenv(API_KEYS_ENV, "k1, k2")
+    client = client_for(RuntimeError("unused"), tmp_path)
+    assert client.get("/presets").status_code == 401
+    assert client.get("/presets", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/presets", headers={"Authorization": "Bearer k2"}).status_code == 200
+
+
+@pytest.mark.parametrize("body", [[], "text", {"prompt": None}])
+def test_wrong_json_shapes_are_422(tmp_path, body):
+    response = client_for(RuntimeError("unused"), tmp_path).post("/generate", json=body)
+    assert response.status_code == 422 and response.json()["error"]["fields"]
