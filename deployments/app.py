@@ -1,0 +1,30 @@
+"""``build_app``: the import path named in ``serve_config.yaml`` and ``configs/serve_dev.yaml``.
+
+    serve run configs/serve_dev.yaml            # this machine: CPU, tiny model, local store
+    serve deploy serve_config.yaml              # GPU cluster: real weights, MinIO
+"""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from serve_app.config import AppConfig
+
+from .generator import Generator
+from .ingress import Ingress
+
+
+def build_app(args: dict) -> Application:
+    config = AppConfig.model_validate(args or {})
+    generator = Generator
+    if config.num_gpus == 0:
+        # CPU mode: one replica, as the CPU is shared. ray_actor_options replaces
+        # the decorator's dict whole, so num_cpus must be restated.
+        generator = Generator.options(
+            ray_actor_options={"num_gpus": 0, "num_cpus": 1},
+            autoscaling_config={"min_replicas": 1, "max_replicas": 1},
+        )
+    elif config.num_gpus != 1:
+        generator = Generator.options(ray_actor_options={"num_gpus": config.num_gpus, "num_cpus": 2})
+    settings = config.model_dump()
+    return Ingress.bind(generator.bind(settings), settings)

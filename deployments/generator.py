@@ -1,0 +1,71 @@
+"""The GPU deployment: one pipeline per served model, batched generation.
+
+Thin: ``GenerationEngine`` holds the logic. Resource and scaling options here
+are defaults; ``serve_config.yaml`` may override them per deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ray import serve
+
+from serve_app.config import AppConfig
+from serve_app.engine import EngineConfig, GenerationEngine
+from serve_app.metrics import ServeMetrics
+from serve_app.pipeline.pipeline import MusicPipeline
+from serve_app.schemas import GenerateResponse, GenerationPlan
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(
+    ray_actor_options={"num_gpus": 1, "num_cpus": 2},
+    autoscaling_config={
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 8,
+        "upscale_delay_s": 30,
+        "downscale_delay_s": 600,
+    },
+    # Enough requests inside the replica to fill batches; the rest wait at the
+    # caller, and past max_queued_requests callers get 503 + Retry-After.
+    max_ongoing_requests=32,
+    max_queued_requests=256,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    # A batch of long songs can take minutes: let it finish on scale-down.
+    graceful_shutdown_timeout_s=300,
+)
+class Generator:
+    def __init__(self, config: dict) -> None:
+        self.config = AppConfig.model_validate(config)
+        device = self.config.resolved_device()
+        pipelines = {
+            name: MusicPipeline(name, device, max_rows_per_forward=self.config.max_rows_per_forward)
+            for name in self.config.models
+        }
+        for name, pipeline in pipelines.items():
+            for variant in self.config.warmup_variants:
+                logger.info("loading %s (%s) on %s", name, variant, device)
+                if self.config.warmup:
+                    pipeline.warmup(bf16=variant == "bf16")
+                else:
+                    pipeline.model(bf16=variant == "bf16")
+        self.engine = GenerationEngine(
+            pipelines,
+            self.config.make_store(),
+            EngineConfig(
+                max_batch_size=self.config.max_batch_size,
+                max_batch_audio_s=self.config.max_batch_audio_s,
+                batch_wait_s=self.config.batch_wait_s,
+                output_prefix=self.config.output_prefix,
+            ),
+            metrics=ServeMetrics(),
+        )
+
+    async def generate(self, plan: GenerationPlan) -> GenerateResponse:
+        return await self.engine.generate(plan)
+
+    def check_health(self) -> None:
+        self.engine.check_health()
