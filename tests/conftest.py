@@ -25,3 +25,53 @@ def models_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     os.environ[MODELS_DIR_ENV] = str(root)
     return root
+
+
+# ------------------------------------------------------------------ Ray Serve
+
+SERVE_PORT = 18427
+METRICS_PORT = 18428
+SERVE_RUN_TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="session")
+def serve_instance(models_root, tmp_path_factory):
+    """One local Ray instance with Serve on 127.0.0.1:SERVE_PORT; torn down with ``ray.shutdown``."""
+    import ray
+    from ray import serve
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=METRICS_PORT,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
+    yield f"http://127.0.0.1:{SERVE_PORT}"
+    ray.shutdown()
+
+
+def run_app(app, name: str, route_prefix: str | None) -> None:
+    """``serve.run`` with a deadline: an unschedulable replica would block it forever."""
+    import threading
+
+    from ray import serve
+
+    failure: list[BaseException] = []
+
+    def deploy() -> None:
+        try:
+            serve.run(app, name=name, route_prefix=route_prefix)
+        except BaseException as exc:  # reported below
+            failure.append(exc)
+
+    thread = threading.Thread(target=deploy, daemon=True)
+    thread.start()
+    thread.join(SERVE_RUN_TIMEOUT_S)
+    if thread.is_alive():
+        pytest.fail(f"app {name!r} not running after {SERVE_RUN_TIMEOUT_S}s: {serve.status().applications.get(name)}")
+    if failure:
+        raise failure[0]
