@@ -301,4 +301,5 @@ class AceStepTransformer(nn.Module):
         patches = latents.shape[-1] // self.config.patch_size[1]
         rotary = self.rotary(patches, latents.device, latents.dtype)
         context_rotary = self.rotary(context.shape[1], latents.device, latents.dtype)
-        return (denoiser or self)(latents, timestep, context, context_mask, rotary, context_rotary, erg_rows)
+        denoiser = self if denoiser is None else denoiser
+        return denoiser(latents, timestep, context, context_mask, rotary, context_rotary, erg_rows)
