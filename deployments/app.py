@@ -13,18 +13,18 @@ from serve_app.config import AppConfig
 from .generator import Generator
 from .ingress import Ingress
 
+ONE_REPLICA = {"min_replicas": 1, "max_replicas": 1}
+
 
 def build_app(args: dict) -> Application:
     config = AppConfig.model_validate(args or {})
-    generator = Generator
+    ingress, generator = Ingress, Generator
     if config.num_gpus == 0:
-        # CPU mode: one replica, as the CPU is shared. ray_actor_options replaces
-        # the decorator's dict whole, so num_cpus must be restated.
-        generator = Generator.options(
-            ray_actor_options={"num_gpus": 0, "num_cpus": 1},
-            autoscaling_config={"min_replicas": 1, "max_replicas": 1},
-        )
+        # CPU mode: one replica of each, as they share the machine's cores.
+        # ray_actor_options replaces the decorator's dict whole, so num_cpus is restated.
+        ingress = Ingress.options(autoscaling_config=ONE_REPLICA)
+        generator = Generator.options(ray_actor_options={"num_gpus": 0, "num_cpus": 1}, autoscaling_config=ONE_REPLICA)
     elif config.num_gpus != 1:
         generator = Generator.options(ray_actor_options={"num_gpus": config.num_gpus, "num_cpus": 2})
     settings = config.model_dump()
-    return Ingress.bind(generator.bind(settings), settings)
+    return ingress.bind(generator.bind(settings), settings)

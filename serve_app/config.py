@@ -69,7 +69,8 @@ class AppConfig(BaseModel):
     """GPUs per generator replica; 0 runs one CPU replica (the dev mode)."""
     presets_path: str | None = None
     storage: StorageSettings = Field(default_factory=StorageSettings)
-    output_prefix: str = "outputs"
+    output_prefix: str = ""
+    """Server-side prefix of every output key inside the bucket or directory."""
     max_batch_size: int = Field(default=8, ge=1, le=64)
     max_batch_audio_s: float = Field(default=480.0, gt=0)
     """Seconds of audio per batch: longer durations get smaller batches, so memory stays bounded."""

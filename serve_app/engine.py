@@ -70,7 +70,7 @@ class EngineConfig:
     max_batch_audio_s: float = 480.0
     """Caps the batch by total audio, so long durations get smaller batches."""
     batch_wait_s: float = 0.1
-    output_prefix: str = "outputs"
+    output_prefix: str = ""
     io_workers: int = 4
 
 

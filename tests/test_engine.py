@@ -96,7 +96,7 @@ def test_outputs_carry_a_sidecar_that_repeats_the_request(pipeline, planner, sto
     (response,) = run(engine, plan)
     assert [output.seed for output in response.outputs] == [11, 12]
     for output in response.outputs:
-        assert output.key.startswith("outputs/albums/demo/") and output.key.endswith(f"/{output.seed}.flac")
+        assert output.key.startswith("albums/demo/") and output.key.endswith(f"/{output.seed}.flac")
         sidecar = json.loads(store.get(output.sidecar_key))
         assert sidecar["params"] == response.params
         assert sidecar["object"]["key"] == output.key

@@ -1,0 +1,53 @@
+"""The two shipped Serve configs are valid, and each says what it promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from deployments.app import build_app
+from serve_app.config import AppConfig
+from serve_app.pipeline.registry import get_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str) -> tuple[ServeDeploySchema, AppConfig]:
+    schema = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / name).read_text()))
+    (application,) = schema.applications
+    assert application.import_path == "deployments.app:build_app"
+    build_app(application.args)  # binds the graph; needs no cluster
+    return schema, AppConfig.model_validate(application.args)
+
+
+def test_dev_config_runs_a_tiny_model_on_this_cpu_with_the_local_store():
+    schema, config = load("configs/serve_dev.yaml")
+    assert (schema.http_options.host, schema.http_options.port) == ("127.0.0.1", 8000)
+    assert all(get_spec(name).tiny for name in config.models)
+    assert config.num_gpus == 0 and config.storage.resolved_kind() == "local"
+
+
+def test_production_config_runs_real_weights_on_gpus_with_minio():
+    schema, config = load("serve_config.yaml")
+    assert not any(get_spec(name).tiny for name in config.models)
+    assert config.num_gpus >= 1 and config.storage.kind == "minio"
+    deployments = {deployment.name: deployment for deployment in schema.applications[0].deployments}
+    generator = deployments["Generator"]
+    assert generator.max_queued_requests > 0 and generator.autoscaling_config["max_replicas"] >= 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"models": ["ace-step-v9"]}, "unknown models"),
+        ({"models": ["acestep-v15-tiny"], "default_model": "ace-step-v1-3.5b"}, "default_model"),
+        ({"storage": {"kind": "s3"}}, "kind"),
+        ({"max_batch_size": 0}, "max_batch_size"),
+    ],
+)
+def test_bad_app_args_are_refused_at_build(args, message):
+    with pytest.raises(ValueError, match=message):
+        build_app(args)
