@@ -11,12 +11,13 @@ import os
 
 import pytest
 
-from serve_app.pipeline.registry import MODELS_DIR_ENV
+from serve_app.pipeline.registry import MODELS_DIR_ENV, get_spec
 
 # The guide's balanced and freestyle recipes turn ERG on, which only the v1 family honours.
-TEST_MODEL = "acestep-v15-tiny"
-ERG_MODELS = {"ace-step-v1-tiny"}
-ERG_SKIP_REASON = "needs the ACE-Step v1 family (ERG); TEST_MODEL is " + TEST_MODEL
+TEST_MODEL = "ace-step-v1-tiny"
+needs_erg = pytest.mark.skipif(
+    not get_spec(TEST_MODEL).supported_erg, reason=f"needs ERG, which {TEST_MODEL} does not support (v1 family only)"
+)
 
 
 @pytest.fixture(scope="session")
