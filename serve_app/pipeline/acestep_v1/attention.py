@@ -118,16 +118,17 @@ class LinearSelfAttention(nn.Module):
         key = _split_heads(self.to_k(x), self.heads)
         value = _split_heads(self.to_v(x), self.heads)
 
-        query = F.relu(apply_rotary(query, rotary)).float()
-        key = F.relu(apply_rotary(key, rotary)).float()
-        value = value.float()
+        query = F.relu(apply_rotary(query, rotary)).float().transpose(-1, -2)  # (B, H, D, S)
+        key = F.relu(apply_rotary(key, rotary)).float()  # (B, H, S, D)
+        value = value.float().transpose(-1, -2)  # (B, H, D, S)
 
-        # A column of ones appended to the values yields the normaliser in the same matmuls.
-        value = F.pad(value, (0, 1), value=1.0)
-        summary = torch.matmul(key.transpose(-1, -2), value)  # (B, H, D, D + 1)
-        attended = torch.matmul(query, summary)  # (B, H, S, D + 1)
-        attended = attended[..., :-1] / (attended[..., -1:] + LINEAR_ATTENTION_EPS)
-        return self.to_out[0](_merge_heads(attended).to(dtype))
+        # A row of ones under the values yields the normaliser in the same matmuls. The products
+        # are taken in the official order and layouts, which keeps bf16 results bit-identical.
+        value = F.pad(value, (0, 0, 0, 1), value=1.0)
+        summary = torch.matmul(value, key)  # (B, H, D + 1, D)
+        attended = torch.matmul(summary, query)  # (B, H, D + 1, S)
+        attended = attended[:, :, :-1] / (attended[:, :, -1:] + LINEAR_ATTENTION_EPS)
+        return self.to_out[0](attended.flatten(1, 2).transpose(1, 2).to(dtype))
 
 
 class CrossAttention(nn.Module):

@@ -133,10 +133,13 @@ class LinearTransformerBlock(nn.Module):
         shift_attn, scale_attn, gate_attn, shift_ff, scale_ff, gate_ff = (
             self.scale_shift_table[None] + modulation.unflatten(1, (6, -1))
         ).chunk(6, dim=1)
+        # The operand order of the residual sums is the official one: a sum takes the memory
+        # layout of its first operand, and the layout picks the matmul kernels that follow, so
+        # this order keeps reduced-precision results bit-identical to the official model's.
         attended = self.attn(self.norm1(x) * (1 + scale_attn) + shift_attn, rotary, erg_rows)
-        x = x + gate_attn * attended
+        x = gate_attn * attended + x
         # Cross-attention reads the residual stream directly: no norm, no gate.
-        x = x + self.cross_attn(x, context, context_mask, rotary, context_rotary, erg_rows)
+        x = self.cross_attn(x, context, context_mask, rotary, context_rotary, erg_rows) + x
         return x + gate_ff * self.ff(self.norm2(x) * (1 + scale_ff) + shift_ff)
 
 
