@@ -26,7 +26,6 @@ from serve_app.pipeline import acestep_v1 as family
 from serve_app.pipeline.acestep_v1 import checkpoint, erg
 from serve_app.pipeline.model import Branch, ErgFlags
 from serve_app.pipeline.pipeline import MusicPipeline
-from serve_app.pipeline.registry import load_model
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams, ItemSettings
 
 NAME = "ace-step-v1-tiny"
@@ -45,13 +44,14 @@ def root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model(root):
-    return load_model(NAME, "cpu", torch.float32, root=root)
+def pipeline(root):
+    """The service's path: the registry writes the tiny checkpoint on first use and loads it strictly."""
+    return MusicPipeline(NAME, "cpu", models_root=root)
 
 
 @pytest.fixture(scope="module")
-def pipeline(model):
-    return MusicPipeline(NAME, "cpu", loader=lambda *_: model)
+def model(pipeline):
+    return pipeline.model(bf16=False)
 
 
 def _params(**overrides) -> GenerationParams:
@@ -188,6 +188,16 @@ def test_seeds(pipeline):
     assert _max_diff(first, _generate(pipeline, actual_seeds=(43,))) > DIFFERENT
 
 
+def test_bfloat16_variant_generates(pipeline):
+    audio = _generate(pipeline, bf16=True)
+    assert audio.shape == (2, round(1.3 * SAMPLE_RATE)) and audio.dtype == torch.float32
+    assert torch.isfinite(audio).all() and audio.abs().amax() > 0
+    model = pipeline.model(bf16=True)
+    assert model.dtype == torch.bfloat16
+    assert {p.dtype for p in model.transformer.parameters()} == {torch.bfloat16}
+    assert model.text_encoder.model.dtype == torch.bfloat16
+
+
 def test_prompt_and_lyrics_change_the_audio(pipeline):
     base = _generate(pipeline)
     assert _max_diff(base, _generate(pipeline, prompt="metal, distorted guitars")) > DIFFERENT
@@ -203,27 +213,14 @@ ROWS = [
 ]
 
 
-def _item(prompt: str, lyrics: str, seed: int) -> ItemSettings:
-    return ItemSettings(
-        prompt=prompt,
-        lyrics=lyrics,
-        seed=seed,
-        guidance_scale=15.0,
-        omega_scale=10.0,
-        guidance_interval_decay=0.0,
-        min_guidance_scale=3.0,
-        guidance_scale_text=5.0,
-        guidance_scale_lyric=2.5,
-    )
-
-
 @pytest.mark.parametrize("double", [False, True])
 def test_an_item_sounds_the_same_alone_and_in_a_batch(pipeline, double):
-    overrides = {"guidance_scale_text": 5.0, "guidance_scale_lyric": 2.5} if double else {}
-    settings = _params(**overrides).batch_settings()
-    items = [_item(*row) for row in ROWS]
-    if not double:
-        items = [ItemSettings(**{**vars(item), "guidance_scale_text": 0.0, "guidance_scale_lyric": 0.0}) for item in items]
+    scales = {"guidance_scale_text": 5.0, "guidance_scale_lyric": 2.5} if double else {}
+    settings = _params(**scales).batch_settings()
+    items = [
+        ItemSettings(**{**vars(_params(**scales).items()[0]), "prompt": prompt, "lyrics": lyrics, "seed": seed})
+        for prompt, lyrics, seed in ROWS
+    ]
     batch = pipeline(settings, items).items
     for item, output in zip(items, batch):
         [alone] = pipeline(settings, [item]).items
