@@ -120,6 +120,11 @@ def coordinator(store, generator, **config) -> tuple[JobCoordinator, RecordingWe
     )
 
 
+async def follow_ups_done(jobs: JobCoordinator) -> None:
+    """Webhook delivery and marker removal run after a job is reported finished."""
+    await asyncio.gather(*(job.follow_up for job in jobs._jobs.values() if job.follow_up))
+
+
 async def wait_finished(jobs: JobCoordinator, job_id: str, timeout_s: float = 5.0):
     version = -1
     async with asyncio.timeout(timeout_s):
@@ -140,6 +145,7 @@ def test_a_job_runs_to_success_with_rising_progress_and_is_recorded(store):
             seen.append((status.progress.stage, status.progress.step))
             if status.finished:
                 break
+        await follow_ups_done(jobs)
         await jobs.close()
         return status, seen
 
@@ -320,7 +326,7 @@ def test_each_finished_job_calls_its_webhook_exactly_once(store):
         await jobs.cancel(with_hook[2].request_id)
         for plan in [*with_hook, without]:
             await wait_finished(jobs, plan.request_id)
-        await asyncio.gather(*(job.follow_up for job in jobs._jobs.values() if job.follow_up))
+        await follow_ups_done(jobs)
         statuses = [await jobs.status(plan.request_id) for plan in with_hook]
         await jobs.close()
 
