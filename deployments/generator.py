@@ -10,8 +10,10 @@ import logging
 
 from ray import serve
 
+from typing import AsyncIterator
+
 from serve_app.config import AppConfig
-from serve_app.engine import EngineConfig, GenerationEngine
+from serve_app.engine import EngineConfig, GenerationEngine, Progress
 from serve_app.metrics import ServeMetrics
 from serve_app.pipeline.pipeline import MusicPipeline
 from serve_app.schemas import GenerateResponse, GenerationPlan
@@ -66,6 +68,11 @@ class Generator:
 
     async def generate(self, plan: GenerationPlan) -> GenerateResponse:
         return await self.engine.generate(plan)
+
+    async def generate_events(self, plan: GenerationPlan) -> AsyncIterator[list[Progress] | GenerateResponse]:
+        """``generate`` streamed: progress lists, then the response (the job coordinator's call)."""
+        async for event in self.engine.events(plan):
+            yield event
 
     def check_health(self) -> None:
         self.engine.check_health()

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Literal, Mapping, Sequence
+from typing import AsyncIterator, Callable, Literal, Mapping, Sequence
 
 import torch
 
@@ -163,6 +163,39 @@ class GenerationEngine:
         finally:
             self._active.pop(plan.request_id, None)
         return await self._respond(plan, works, results, time.perf_counter() - started)
+
+    async def events(self, plan: GenerationPlan) -> AsyncIterator[list[Progress] | GenerateResponse]:
+        """``generate`` as a stream: progress as it happens, then the response.
+
+        Each progress list holds only the newest update per item since the last
+        one, so a slow consumer is not flooded. Errors are raised as by
+        ``generate``; abandoning the stream cancels the request like cancelling
+        ``generate`` (its items leave their batch at the next step).
+        """
+        updates: asyncio.Queue[Progress] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(
+            self.generate(plan, lambda progress: loop.call_soon_threadsafe(updates.put_nowait, progress))
+        )
+        try:
+            while not task.done():
+                waiter = asyncio.ensure_future(updates.get())
+                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                latest = {}
+                if waiter.done():
+                    latest[waiter.result().item] = waiter.result()
+                else:
+                    waiter.cancel()
+                while not updates.empty():
+                    update = updates.get_nowait()
+                    latest[update.item] = update
+                if latest:
+                    yield list(latest.values())
+            yield task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _produce(self, plan: GenerationPlan, settings: BatchSettings, work: _Work) -> _Written:
         try:

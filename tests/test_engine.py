@@ -185,3 +185,44 @@ def test_the_same_parameter_counts_when_not_warned(pipeline, planner, base, fiel
     second, warned_second = first_waveform(pipeline, planner, **base, **{field: values[1]})
     assert field not in warned_first | warned_second
     assert not np.array_equal(first, second)
+
+
+def test_events_stream_progress_then_the_response_and_closing_early_cancels(pipeline, planner, store):
+    from serve_app.engine import Progress
+    from serve_app.schemas import GenerateResponse
+
+    engine = GenerationEngine({TEST_MODEL: pipeline}, store)
+    plan = make_plan(planner, actual_seeds=[1, 2], infer_step=4)
+
+    async def collect():
+        return [event async for event in engine.events(plan)]
+
+    abandoned = make_plan(planner, actual_seeds=[3], infer_step=50)
+
+    async def abandon():
+        stream = engine.events(abandoned)
+        async for event in stream:
+            if any(update.stage == "running" and update.step >= 1 for update in event):
+                break
+        await stream.aclose()
+        # The GPU runs one batch at a time: this one starts once the abandoned batch stopped.
+        await engine.generate(make_plan(planner, actual_seeds=[4]))
+        await asyncio.sleep(0.3)
+        return store.list()
+
+    async def main():
+        try:
+            return await collect(), await abandon()
+        finally:
+            engine.close()
+
+    events, stored_after_abandon = asyncio.run(main())
+    *progress, response = events
+    assert isinstance(response, GenerateResponse) and len(response.outputs) == 2
+    updates = [update for batch in progress for update in batch]
+    assert all(isinstance(update, Progress) for update in updates)
+    for item in (0, 1):
+        steps = [(update.stage, update.step) for update in updates if update.item == item]
+        assert steps[0][0] == "queued" and ("running", 4) in steps and steps[-1][0] in ("encoding", "done")
+    # The abandoned request stopped at a step boundary and wrote nothing.
+    assert stored_after_abandon and not [key for key in stored_after_abandon if abandoned.request_id in key]
