@@ -44,6 +44,13 @@ class NotFound(ServiceError):
     type = "not_found"
 
 
+class Conflict(ServiceError):
+    """The resource's state does not allow the operation (e.g. cancelling a finished job)."""
+
+    status = 409
+    type = "conflict"
+
+
 class Unavailable(ServiceError):
     """Temporarily unable to serve: overloaded, storage down, model loading."""
 

@@ -316,7 +316,7 @@ def test_a_job_interrupted_with_no_retry_left_fails_on_recovery(store):
 
 def test_each_finished_job_calls_its_webhook_exactly_once(store):
     async def scenario():
-        generator = ScriptedGenerator()
+        generator = ScriptedGenerator(hold=True)
         jobs, webhooks = coordinator(store, generator)
         with_hook = [make_plan() for _ in range(3)]
         without = make_plan()
@@ -324,6 +324,7 @@ def test_each_finished_job_calls_its_webhook_exactly_once(store):
             await jobs.submit(plan, webhook_url="http://127.0.0.1:9/hook")
         await jobs.submit(without)
         await jobs.cancel(with_hook[2].request_id)
+        generator.release.set()
         for plan in [*with_hook, without]:
             await wait_finished(jobs, plan.request_id)
         await follow_ups_done(jobs)
@@ -350,7 +351,7 @@ def test_a_job_that_cannot_be_recorded_is_refused_and_never_runs(store, monkeypa
         jobs, _ = coordinator(store, generator)
         monkeypatch.setattr(jobs.records, "save", unavailable)
         plan = make_plan()
-        with pytest.raises(StorageUnavailableError):
+        with pytest.raises(Unavailable):
             await jobs.submit(plan)
         await asyncio.sleep(0.05)
         with pytest.raises(JobNotFound):

@@ -5,7 +5,7 @@ replica and gives it the generator's streaming handle.
 """
 
 from .coordinator import CoordinatorConfig, JobConflict, JobCoordinator, JobStream
-from .models import JobAccepted, JobProgress, JobStatus
+from .models import JobAccepted, JobProgress, JobRequest, JobStatus
 from .records import JobNotFound, JobRecords
 from .webhooks import WebhookPolicy, WebhookSender
 
@@ -17,6 +17,7 @@ __all__ = [
     "JobNotFound",
     "JobProgress",
     "JobRecords",
+    "JobRequest",
     "JobStatus",
     "JobStream",
     "WebhookPolicy",

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import AsyncIterator, Callable, Iterable, Protocol
 
 from ..engine import GenerationCancelled, Progress
-from ..errors import ServiceError
+from ..errors import Conflict, ServiceError, Unavailable
 from ..schemas import GenerateResponse, GenerationPlan
 from ..storage import StorageError
 from .models import ItemProgress, JobError, JobProgress, JobRecord, JobStatus, WebhookDelivery
@@ -46,8 +46,8 @@ class JobStream(Protocol):
 StartJob = Callable[[GenerationPlan], JobStream]
 
 
-class JobConflict(Exception):
-    """The job is finished; it can no longer be cancelled."""
+class JobConflict(Conflict):
+    """409: the job is finished; it can no longer be cancelled."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class JobCoordinator:
     # ------------------------------------------------------------------ public
 
     async def submit(self, plan: GenerationPlan, webhook_url: str | None = None) -> JobStatus:
-        """Accept a plan; raises ``StorageError`` if the job cannot be recorded (nothing is run then)."""
+        """Accept a plan; ``Unavailable`` (503) if the job cannot be recorded, and then nothing runs."""
         job_id = plan.request_id
         if job_id in self._jobs:
             raise ValueError(f"job {job_id} already exists")
@@ -134,12 +134,13 @@ class JobCoordinator:
         )
         job = _Job(JobRecord(status=status, plan=plan))
         # Marker first: a record without a marker would never be resumed after a restart.
-        await asyncio.to_thread(self.records.mark_active, job_id)
         try:
+            await asyncio.to_thread(self.records.mark_active, job_id)
             await asyncio.to_thread(self.records.save, job.record())
-        except StorageError:
+        except StorageError as exc:
+            logger.error("job %s could not be recorded: %s", job_id, exc)
             await asyncio.to_thread(self._clear_marker_quietly, job_id)
-            raise
+            raise Unavailable("the job store is unavailable; the job was not accepted, retry later") from None
         job.persisted_at = self._clock()
         self._enqueue(job)
         return self._public(job)

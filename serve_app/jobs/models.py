@@ -1,6 +1,6 @@
 """Wire formats of the asynchronous jobs API (``/jobs``).
 
-``JobStatus`` is what ``GET /jobs/{id}``, the server-sent events and the
+``JobRequest`` is the ``POST /jobs`` body. ``JobStatus`` is what ``GET /jobs/{id}``, the server-sent events and the
 webhook carry. ``JobRecord`` is what the coordinator persists: the status plus
 the resolved plan, so a job interrupted by a restart can be run again.
 """
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from ..engine import Stage
-from ..schemas import GenerateResponse, GenerationPlan
+from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -87,3 +88,20 @@ class JobAccepted(BaseModel):
     queue_position: int | None
     status_url: str
     events_url: str
+
+
+class JobRequest(GenerateRequest):
+    """``POST /jobs`` body: the ``/generate`` body, plus where to report the end."""
+
+    webhook_url: str | None = Field(
+        default=None, max_length=2048, description="Receives one POST of the final job status when the job ends."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parsed = urlparse(value)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError("must be an absolute http:// or https:// URL")
+        return value

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+from ..errors import NotFound
 from ..storage import ObjectNotFoundError, ObjectStore
 from .models import JobRecord
 
@@ -21,8 +22,11 @@ JOB_ID_RE = re.compile(r"[0-9a-f]{32}")
 RECORD_CONTENT_TYPE = "application/json"
 
 
-class JobNotFound(KeyError):
-    pass
+class JobNotFound(NotFound):
+    """404: no job has this id (the message never echoes the id a client sent)."""
+
+    def __init__(self, message: str = "no job with this id", fields=None) -> None:
+        super().__init__(message, fields)
 
 
 class JobRecords:
@@ -43,11 +47,11 @@ class JobRecords:
 
     def load(self, job_id: str) -> JobRecord:
         if not JOB_ID_RE.fullmatch(job_id):
-            raise JobNotFound(job_id)
+            raise JobNotFound()
         try:
             data = self.store.get(self._record_key(job_id))
         except ObjectNotFoundError:
-            raise JobNotFound(job_id) from None
+            raise JobNotFound() from None
         return JobRecord.model_validate_json(data)
 
     def mark_active(self, job_id: str) -> None:
