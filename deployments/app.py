@@ -12,6 +12,7 @@ from serve_app.config import AppConfig
 
 from .generator import Generator
 from .ingress import Ingress
+from .jobs import JobCoordinatorDeployment
 
 ONE_REPLICA = {"min_replicas": 1, "max_replicas": 1}
 
@@ -27,4 +28,5 @@ def build_app(args: dict) -> Application:
     elif config.num_gpus != 1:
         generator = Generator.options(ray_actor_options={"num_gpus": config.num_gpus, "num_cpus": 2})
     settings = config.model_dump()
-    return ingress.bind(generator.bind(settings), settings)
+    generator_app = generator.bind(settings)
+    return ingress.bind(generator_app, JobCoordinatorDeployment.bind(generator_app, settings), settings)

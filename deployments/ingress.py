@@ -1,8 +1,9 @@
 """The HTTP and handle entry point: validate, resolve, route to the generator.
 
 Thin: routes live in ``serve_app.api`` and serving logic in
-``serve_app.frontend``. The methods ``generate``, ``presets`` and ``models``
-are the Python API for other Ray applications (see the README):
+``serve_app.frontend``. The methods ``generate``, ``submit_job``,
+``job_status``, ``cancel_job``, ``presets`` and ``models`` are the Python API
+for other Ray applications (see the README):
 
     handle = serve.get_app_handle("acestep")
     response: GenerateResponse = await handle.generate.remote(GenerateRequest(prompt="..."))
@@ -12,23 +13,41 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Awaitable, TypeVar
 
 from fastapi import FastAPI
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app import api
 from serve_app.config import AppConfig
 from serve_app.errors import ServiceError, Unavailable
 from serve_app.frontend import Frontend
+from serve_app.jobs import JobRequest, JobStatus
 from serve_app.metrics import ServeMetrics
 from serve_app.planner import Planner
 from serve_app.presets import PresetBook
 from serve_app.schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
 
 READY_CACHE_S = 2.0
+
+T = TypeVar("T")
+
+
+async def call_deployment(call: Awaitable[T], what: str) -> T:
+    """Await a handle call; failures become the ``ServiceError`` a client should see."""
+    try:
+        return await call
+    except BackPressureError:
+        raise Unavailable(f"every {what} replica is at capacity; retry later") from None
+    except (RayActorError, DeploymentUnavailableError):
+        raise Unavailable(f"the {what} is restarting; retry") from None
+    except RayTaskError as exc:
+        if isinstance(exc.cause, ServiceError):
+            raise exc.cause from None
+        raise
 
 
 class ServeGeneratorClient:
@@ -41,16 +60,7 @@ class ServeGeneratorClient:
         self._ready = False
 
     async def generate(self, plan: GenerationPlan) -> GenerateResponse:
-        try:
-            return await self.handle.generate.remote(plan)
-        except BackPressureError:
-            raise Unavailable("every generator replica is at capacity; retry later") from None
-        except RayActorError:
-            raise Unavailable("the generator replica stopped while running this request; retry") from None
-        except RayTaskError as exc:
-            if isinstance(exc.cause, ServiceError):
-                raise exc.cause from None
-            raise
+        return await call_deployment(self.handle.generate.remote(plan), "generator")
 
     async def ready(self) -> bool:
         # Ask the controller, not a replica, so a readiness probe never wakes a
@@ -69,6 +79,27 @@ class ServeGeneratorClient:
         return 0 if deployment is None else deployment.replica_states.get("RUNNING", 0)
 
 
+class ServeJobsClient:
+    """Calls the job coordinator deployment through its handle."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def submit(self, plan: GenerationPlan, webhook_url: str | None) -> JobStatus:
+        return await call_deployment(self.handle.submit.remote(plan, webhook_url), "job coordinator")
+
+    async def status(self, job_id: str) -> JobStatus:
+        return await call_deployment(self.handle.status.remote(job_id), "job coordinator")
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        return await call_deployment(self.handle.cancel.remote(job_id), "job coordinator")
+
+    async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]:
+        return await call_deployment(
+            self.handle.wait_for_change.remote(job_id, version, timeout_s), "job coordinator"
+        )
+
+
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.5},
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 64},
@@ -76,7 +107,7 @@ class ServeGeneratorClient:
 )
 @serve.ingress()
 class Ingress:
-    def __init__(self, generator: DeploymentHandle, config: dict) -> None:
+    def __init__(self, generator: DeploymentHandle, jobs: DeploymentHandle, config: dict) -> None:
         self.config = AppConfig.model_validate(config)
         planner = Planner(
             PresetBook.load(self.config.presets_path),
@@ -85,7 +116,12 @@ class Ingress:
         )
         app_name = serve.get_replica_context().app_name
         self.frontend = Frontend(
-            planner, ServeGeneratorClient(generator, app_name), self.config.make_store(), ServeMetrics()
+            planner,
+            ServeGeneratorClient(generator, app_name),
+            self.config.make_store(),
+            ServeMetrics(),
+            jobs=ServeJobsClient(jobs),
+            jobs_prefix=self.config.jobs_prefix,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -95,6 +131,18 @@ class Ingress:
     async def generate(self, request: GenerateRequest | dict) -> GenerateResponse:
         """Same body and result as ``POST /generate``; errors raise ``ServiceError`` subclasses."""
         return await self.frontend.generate(GenerateRequest.model_validate(request))
+
+    async def submit_job(self, request: JobRequest | dict) -> JobStatus:
+        """Same body as ``POST /jobs``; returns the queued job's status."""
+        return await self.frontend.submit_job(JobRequest.model_validate(request))
+
+    async def job_status(self, job_id: str) -> JobStatus:
+        """Same as ``GET /jobs/{job_id}``; ``result`` holds the ``GenerateResponse`` once it succeeded."""
+        return await self.frontend.job(job_id)
+
+    async def cancel_job(self, job_id: str) -> JobStatus:
+        """Same as ``DELETE /jobs/{job_id}``."""
+        return await self.frontend.cancel_job(job_id)
 
     async def presets(self) -> list[PresetInfo]:
         return self.frontend.presets()

@@ -12,12 +12,15 @@ import logging
 import mimetypes
 import os
 
+from typing import AsyncIterator
+
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .errors import ServiceError, Unauthorized
 from .frontend import Frontend
+from .jobs import JobAccepted, JobRequest, JobStatus
 from .schemas import (
     LEGACY_FIELD_HINTS,
     ErrorBody,
@@ -33,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 API_KEYS_ENV = "ACESTEP_API_KEYS"
 ERROR_RESPONSES = {
-    status: {"model": ErrorResponse} for status in (401, 404, 422, 500, 503)
+    status: {"model": ErrorResponse} for status in (401, 404, 409, 422, 500, 503)
 }
 
 
@@ -80,7 +83,46 @@ def create_app(frontend: Frontend) -> FastAPI:
         media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
         return Response(content=data, media_type=media_type)
 
+    @app.post("/jobs", status_code=202, response_model=JobAccepted, responses=ERROR_RESPONSES, dependencies=authed)
+    async def submit_job(body: JobRequest, response: Response) -> JobAccepted:
+        status = await frontend.submit_job(body)
+        url = f"/jobs/{status.job_id}"
+        response.headers["Location"] = url
+        return JobAccepted(
+            job_id=status.job_id,
+            status=status.status,
+            queue_position=status.queue_position,
+            status_url=url,
+            events_url=f"{url}/events",
+        )
+
+    @app.get("/jobs/{job_id}", response_model=JobStatus, responses=ERROR_RESPONSES, dependencies=authed)
+    async def job(job_id: str) -> JobStatus:
+        return await frontend.job(job_id)
+
+    @app.delete("/jobs/{job_id}", response_model=JobStatus, responses=ERROR_RESPONSES, dependencies=authed)
+    async def cancel_job(job_id: str) -> JobStatus:
+        return await frontend.cancel_job(job_id)
+
+    @app.get("/jobs/{job_id}/events", responses=ERROR_RESPONSES, dependencies=authed)
+    async def job_events(job_id: str) -> StreamingResponse:
+        """Server-sent events: the job's status now and on every change, until it ends."""
+        updates = frontend.job_updates(job_id)
+        first = await anext(updates)  # an unknown job is a plain 404, before any stream starts
+        return StreamingResponse(
+            _server_sent_events(first, updates),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
     return app
+
+
+async def _server_sent_events(first: JobStatus, rest: AsyncIterator[JobStatus | None]) -> AsyncIterator[str]:
+    yield f"data: {first.model_dump_json()}\n\n"
+    async for status in rest:
+        # A comment line keeps idle connections open through proxies.
+        yield ": keep-alive\n\n" if status is None else f"data: {status.model_dump_json()}\n\n"
 
 
 def _install_error_handlers(app: FastAPI, frontend: Frontend) -> None:

@@ -80,6 +80,10 @@ class AppConfig(BaseModel):
     warmup: bool = True
     warmup_variants: list[Literal["bf16", "fp32"]] = Field(default_factory=lambda: ["bf16"], min_length=1)
     """Weight variants loaded (and warmed up) at start; another loads on first use."""
+    jobs_prefix: str = Field(default="jobs", pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    """Key prefix of the job records in the store; reserved, so no output is written under it."""
+    jobs_max_in_flight: int = Field(default=64, ge=1)
+    """Jobs sent to the generators at once; the rest wait in the coordinator, in order."""
 
     @model_validator(mode="after")
     def _known_models(self) -> AppConfig:

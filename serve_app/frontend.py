@@ -1,22 +1,26 @@
 """The ingress's serving logic, between the HTTP routes and the generator.
 
 Plans requests, calls the generator through a ``GeneratorClient`` (a Serve
-handle in production, an in-process engine in tests) and answers the
-catalog, health and output questions. Knows nothing about HTTP.
+handle in production, an in-process engine in tests), hands jobs to the job
+coordinator through a ``JobsClient``, and answers the catalog, health and
+output questions. Knows nothing about HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from typing import Any, Protocol
+import secrets
+from typing import Any, AsyncIterator, Protocol
 
 from .errors import InvalidRequest, NotFound, ServiceError, Unavailable
+from .jobs import JobRecords, JobRequest, JobStatus
 from .metrics import NullMetrics
 from .pipeline.registry import CATALOG
 from .planner import Planner, PlanningError
 from .schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
 from .storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageError
+
+JOB_EVENTS_KEEPALIVE_S = 15.0
 
 
 class GeneratorClient(Protocol):
@@ -27,9 +31,21 @@ class GeneratorClient(Protocol):
         """True when at least one generator replica has its model loaded."""
 
 
+class JobsClient(Protocol):
+    """The job coordinator; every method raises ``ServiceError``s a client may see."""
+
+    async def submit(self, plan: GenerationPlan, webhook_url: str | None) -> JobStatus: ...
+
+    async def status(self, job_id: str) -> JobStatus: ...
+
+    async def cancel(self, job_id: str) -> JobStatus: ...
+
+    async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]: ...
+
+
 def new_request_id() -> str:
-    """128 random bits: unguessable, so an id does not reveal other clients' outputs."""
-    return uuid.uuid4().hex
+    """128 random bits: unguessable, so an id (of a request, of a job) is its own capability."""
+    return secrets.token_hex(16)
 
 
 class Frontend:
@@ -39,17 +55,29 @@ class Frontend:
         generator: GeneratorClient,
         store: ObjectStore,
         metrics: NullMetrics | None = None,
+        jobs: JobsClient | None = None,
+        jobs_prefix: str = "jobs",
     ) -> None:
         self.planner = planner
         self.generator = generator
         self.store = store
         self.metrics = metrics or NullMetrics()
+        self.jobs = jobs
+        self.job_records = JobRecords(store, prefix=jobs_prefix)
+        self.jobs_prefix = jobs_prefix
 
     def plan(self, request: GenerateRequest) -> GenerationPlan:
         try:
-            return self.planner.plan(request, new_request_id())
+            plan = self.planner.plan(request, new_request_id())
         except PlanningError as exc:
             raise InvalidRequest.for_field(exc.field, exc.message) from None
+        if plan.output.name is not None and self._is_job_key(plan.output.name):
+            field = "output_path" if request.output_path is not None else "output_name"
+            raise InvalidRequest.for_field(field, f"'{self.jobs_prefix}/' is reserved for job records")
+        return plan
+
+    def _is_job_key(self, key: str) -> bool:
+        return key.split("/", 1)[0] == self.jobs_prefix
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         model = request.model or self.planner.default_model
@@ -96,9 +124,59 @@ class Frontend:
     async def read_output(self, key: str) -> bytes:
         if not isinstance(self.store, LocalStore):
             raise NotFound("outputs are in the object store; fetch them with the URL in the response")
+        if self._is_job_key(key):
+            raise NotFound(f"no output at {key!r}")
         try:
             return await asyncio.to_thread(self.store.get, key)
         except (ObjectNotFoundError, ValueError):
             raise NotFound(f"no output at {key!r}") from None
         except StorageError:
             raise Unavailable("the output store is unavailable; retry later") from None
+
+    # ------------------------------------------------------------------ jobs
+
+    def _jobs(self) -> JobsClient:
+        if self.jobs is None:
+            raise Unavailable("asynchronous jobs are not enabled on this server")
+        return self.jobs
+
+    async def submit_job(self, request: JobRequest) -> JobStatus:
+        model = request.model or self.planner.default_model
+        try:
+            status = await self._jobs().submit(self.plan(request), request.webhook_url)
+        except ServiceError as exc:
+            self.metrics.request_finished("/jobs", exc.status, model, request.preset)
+            raise
+        self.metrics.request_finished("/jobs", 202, model, request.preset)
+        return status
+
+    async def job(self, job_id: str) -> JobStatus:
+        try:
+            return await self._jobs().status(job_id)
+        except Unavailable:
+            # The coordinator is restarting: its last recorded state is still an answer.
+            try:
+                return (await asyncio.to_thread(self.job_records.load, job_id)).status
+            except StorageError:
+                raise Unavailable("job state is unavailable; retry later") from None
+
+    async def cancel_job(self, job_id: str) -> JobStatus:
+        return await self._jobs().cancel(job_id)
+
+    async def job_updates(self, job_id: str) -> AsyncIterator[JobStatus | None]:
+        """The job's status now and after every change until it ends; ``None`` when a
+        keep-alive interval passed without change."""
+        try:
+            version, status = await self._jobs().wait_for_change(job_id, -1, 0.0)
+        except Unavailable:
+            version, status = -1, await self.job(job_id)
+        yield status
+        while not status.finished:
+            try:
+                new_version, status = await self._jobs().wait_for_change(job_id, version, JOB_EVENTS_KEEPALIVE_S)
+            except Unavailable:
+                # A restarted coordinator counts versions afresh: start over once it answers.
+                await asyncio.sleep(1.0)
+                new_version = -1
+            yield status if new_version not in (version, -1) else None
+            version = new_version

@@ -18,6 +18,7 @@ from minio import Minio
 
 from deployments.generator import Generator
 from deployments.ingress import Ingress
+from deployments.jobs import JobCoordinatorDeployment
 from serve_app.config import AppConfig
 
 from .conftest import TEST_MODEL, run_app
@@ -61,7 +62,8 @@ def client(serve_instance, s3):
         max_ongoing_requests=1,
         max_queued_requests=1,
     )
-    run_app(Ingress.bind(generator.bind(settings), settings), APP, PREFIX)
+    bound = generator.bind(settings)
+    run_app(Ingress.bind(bound, JobCoordinatorDeployment.bind(bound, settings), settings), APP, PREFIX)
     with httpx.Client(base_url=f"{serve_instance}{PREFIX}", timeout=60) as client:
         yield client
     serve.delete(APP)

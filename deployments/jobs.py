@@ -1,0 +1,55 @@
+"""The job coordinator deployment: one replica that owns the ``/jobs`` state.
+
+Thin: ``serve_app.jobs.JobCoordinator`` holds the logic. Every ingress
+replica reaches this one replica through a handle, so all of them see the
+same jobs; the state is also in the object store, so a restarted replica
+(Serve replaces it when its health check fails) resumes where the last one
+stopped before it answers anything.
+"""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.config import AppConfig
+from serve_app.jobs import CoordinatorConfig, JobCoordinator, JobRecords, JobStatus
+from serve_app.schemas import GenerationPlan
+
+
+def _replica_lost(exc: BaseException) -> bool:
+    return isinstance(exc, RayActorError)
+
+
+@serve.deployment(
+    name="JobCoordinator",
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=2048,
+    health_check_period_s=10,
+    graceful_shutdown_timeout_s=30,
+)
+class JobCoordinatorDeployment:
+    async def __init__(self, generator: DeploymentHandle, config: dict) -> None:
+        settings = AppConfig.model_validate(config)
+        self._generator = generator.options(stream=True)
+        self.jobs = JobCoordinator(
+            JobRecords(settings.make_store(), prefix=settings.jobs_prefix),
+            lambda plan: self._generator.generate_events.remote(plan),
+            is_replica_lost=_replica_lost,
+            config=CoordinatorConfig(max_in_flight=settings.jobs_max_in_flight),
+        )
+        await self.jobs.recover()
+
+    async def submit(self, plan: GenerationPlan, webhook_url: str | None = None) -> JobStatus:
+        return await self.jobs.submit(plan, webhook_url)
+
+    async def status(self, job_id: str) -> JobStatus:
+        return await self.jobs.status(job_id)
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        return await self.jobs.cancel(job_id)
+
+    async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]:
+        return await self.jobs.wait_for_change(job_id, version, timeout_s)
