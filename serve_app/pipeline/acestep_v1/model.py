@@ -29,6 +29,7 @@ from typing import Collection, Sequence
 
 import torch
 
+from ..dtypes import default_dtype
 from ..model import Branch, Conditioning, ErgFlags
 from ..schedules import AceStepV1Schedule
 from . import codec as codec_module
@@ -263,10 +264,10 @@ def build_random(*, device, dtype, size: str = "tiny") -> AceStepV1Model:
         lyric_tokenizer = LyricTokenizer.from_vocab_file(write_tiny_vocab(scratch))
     text_encoder = UMT5TextEncoder.build_random(size=size, device=device, dtype=dtype)
     config = checkpoint.transformer_config(size, lyric_vocab_size=lyric_tokenizer.vocab_size)
-    with torch.device(device):
+    with torch.device(device), default_dtype(dtype):
         transformer = AceStepTransformer(config)
     return AceStepV1Model(
-        transformer.to(dtype=dtype),
+        transformer,
         text_encoder,
         lyric_tokenizer,
         codec_module.build_random_codec(size=size, device=device, dtype=dtype),

@@ -6,10 +6,9 @@ and by ``build_random`` (tiny or the real XL sizes, kept in memory).
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
+from ..dtypes import default_dtype
 from . import configs
 
 
@@ -27,16 +26,6 @@ def build_tokenizer():
     for token in configs.SPECIAL_TOKENS:
         vocab[token] = len(vocab)
     return Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=32768)
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def build_pipeline(
@@ -66,7 +55,7 @@ def build_pipeline(
         with_null_condition = variant == configs.BASE
     tokenizer = build_tokenizer()
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[]), torch.device(device), _default_dtype(dtype):
+    with torch.random.fork_rng(devices=[]), torch.device(device), default_dtype(dtype):
         torch.manual_seed(seed)
         transformer = AceStepTransformer1DModel(**configs.transformer_config(size, variant))
         condition_encoder = AceStepConditionEncoder(**configs.condition_encoder_config(size))
