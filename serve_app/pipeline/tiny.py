@@ -13,7 +13,10 @@ catalog. It imports neither torch nor a family until a checkpoint is written.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from .registry import CATALOG, MODELS_DIR_ENV, _family_module, get_spec, models_dir
@@ -27,7 +30,9 @@ def write_tiny_checkpoint(model_name: str, path: Path) -> Path:
     """Write the tiny model ``model_name`` into ``path`` unless a complete one is there.
 
     An incomplete folder (an interrupted write, a missing weight file) is
-    replaced. Returns ``path``.
+    replaced. The checkpoint is built beside ``path`` and moved into place
+    whole, so a reader (another replica starting) never sees half of one.
+    Returns ``path``.
     """
     spec = get_spec(model_name)
     if not spec.tiny:
@@ -37,8 +42,20 @@ def write_tiny_checkpoint(model_name: str, path: Path) -> Path:
         )
     path = Path(path)
     family = _family_module(spec)
-    if not family.is_complete_checkpoint(path):
-        family.write_tiny_checkpoint(path, variant=spec.name)
+    if family.is_complete_checkpoint(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        family.write_tiny_checkpoint(staging, variant=spec.name)
+        if family.is_complete_checkpoint(path):
+            return path  # another writer finished first
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return path
 
 

@@ -16,9 +16,6 @@ Importing this module is cheap: torch and the model code load on first use.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,9 +151,8 @@ def write_transformer(folder: Path, transformer: AceStepTransformer) -> None:
 def write_tiny_checkpoint(path: Path, variant: str) -> None:
     """Write a tiny random ACE-Step v1 checkpoint in the official layout.
 
-    ``variant`` is the model name (v1 has a single tiny variant). Everything is
-    written into a staging folder beside ``path`` and moved into place at the
-    end, so a reader never sees a half-written checkpoint.
+    ``variant`` is the model name (v1 has a single tiny variant). Write into a
+    fresh folder: ``serve_app.pipeline.tiny`` stages it and moves it into place.
     """
     import torch
 
@@ -166,24 +162,14 @@ def write_tiny_checkpoint(path: Path, variant: str) -> None:
     from .transformer import AceStepTransformer
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        write_tiny_codec(staging)
-        write_tiny_vocab(staging)
-        vocab_size = LyricTokenizer.from_vocab_file(resolve_vocab(staging)).vocab_size
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            UMT5TextEncoder.build_random(size="tiny", device="cpu", dtype=torch.float32).save_pretrained(
-                staging / TEXT_ENCODER_FOLDER
-            )
-            transformer = AceStepTransformer(transformer_config("tiny", lyric_vocab_size=vocab_size))
-        write_transformer(staging / TRANSFORMER_FOLDER, transformer)
-        if path.exists():
-            if is_complete_checkpoint(path):
-                return  # another writer finished first
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    write_tiny_codec(path)
+    write_tiny_vocab(path)
+    vocab_size = LyricTokenizer.from_vocab_file(resolve_vocab(path)).vocab_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        UMT5TextEncoder.build_random(size="tiny", device="cpu", dtype=torch.float32).save_pretrained(
+            path / TEXT_ENCODER_FOLDER
+        )
+        transformer = AceStepTransformer(transformer_config("tiny", lyric_vocab_size=vocab_size))
+    write_transformer(path / TRANSFORMER_FOLDER, transformer)

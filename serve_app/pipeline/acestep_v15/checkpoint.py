@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from . import configs
@@ -97,22 +94,10 @@ def write_tiny_checkpoint(path: Path, variant: str) -> None:
 
     ``variant`` is the model name: names containing ``turbo`` get a turbo DiT
     config and a condition encoder without ``null_condition_emb``; the others a
-    guided (base) DiT with one. The folder is built beside ``path`` and moved
-    into place at the end, so a reader never sees a half-written checkpoint.
+    guided (base) DiT with one. Write into a fresh folder:
+    ``serve_app.pipeline.tiny`` stages it and moves it into place.
     """
     from .components import build_pipeline
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pipe = build_pipeline(size="tiny", variant=configs.variant_of(variant))
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        pipe.save_pretrained(staging, safe_serialization=True)
-        if path.exists():
-            if is_complete_checkpoint(path):
-                return  # another writer finished first
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(Path(path), safe_serialization=True)
