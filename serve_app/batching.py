@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
 
 Key = TypeVar("Key", bound=Hashable)
@@ -35,7 +35,6 @@ class BatchInfo:
 
     size: int
     queue_wait_s: float
-    started_at: float = field(repr=False, default=0.0)
 
 
 RunBatch = Callable[[Key, Sequence[Item]], Awaitable[Sequence[Result | BaseException]]]
@@ -57,7 +56,6 @@ class KeyedBatcher(Generic[Key, Item, Result]):
         self._queues: OrderedDict[Key, list[_Entry[Item]]] = OrderedDict()
         self._arrived = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
-        self.running_batch: tuple[Key, int] | None = None
 
     async def submit(self, key: Key, item: Item) -> tuple[Result, BatchInfo]:
         """Queue ``item`` under ``key``; resolves with its result once its batch ran.
@@ -73,28 +71,6 @@ class KeyedBatcher(Generic[Key, Item, Result]):
 
     def queued(self) -> int:
         return sum(len(entries) for entries in self._queues.values())
-
-    def position(self, item: Item) -> int | None:
-        """How many queued items are ahead of ``item`` in its queue (FIFO within a key)."""
-        for entries in self._queues.values():
-            for index, entry in enumerate(entries):
-                if entry.item is item:
-                    return index
-        return None
-
-    def withdraw(self, predicate: Callable[[Item], bool]) -> int:
-        """Remove queued items matching ``predicate``; their callers get ``CancelledError``."""
-        removed = 0
-        for key in list(self._queues):
-            keep = []
-            for entry in self._queues[key]:
-                if predicate(entry.item):
-                    entry.future.cancel()
-                    removed += 1
-                else:
-                    keep.append(entry)
-            self._store(key, keep)
-        return removed
 
     def _store(self, key: Key, entries: list[_Entry[Item]]) -> None:
         if entries:
@@ -143,7 +119,6 @@ class KeyedBatcher(Generic[Key, Item, Result]):
         batch, rest = entries[:size], entries[size:]
         self._store(key, rest)
         started = self._clock()
-        self.running_batch = (key, len(batch))
         try:
             results = await self._run_batch(key, [entry.item for entry in batch])
         except asyncio.CancelledError:
@@ -152,12 +127,10 @@ class KeyedBatcher(Generic[Key, Item, Result]):
             raise
         except Exception as exc:  # the whole batch failed: every caller learns why
             results = [exc] * len(batch)
-        finally:
-            self.running_batch = None
         for entry, result in zip(batch, results):
             if entry.future.done():
                 continue
             if isinstance(result, BaseException):
                 entry.future.set_exception(result)
             else:
-                entry.future.set_result((result, BatchInfo(len(batch), started - entry.enqueued_at, started)))
+                entry.future.set_result((result, BatchInfo(len(batch), started - entry.enqueued_at)))

@@ -15,13 +15,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import AsyncIterator, Callable, Literal, Mapping, Sequence
+from typing import AsyncIterator, Mapping, Sequence
 
 import torch
 
 from .audio import content_type, encode_audio, file_extension, resample
 from .batching import BatchInfo, KeyedBatcher
 from .errors import GenerationFailed, Unavailable
+from .lifecycle import GenerationCancelled, Progress, ProgressSink, Stage
 from .metrics import NullMetrics
 from .pipeline.pipeline import BatchOutput, ItemOutput, MusicPipeline
 from .pipeline.settings import BatchSettings, ItemSettings
@@ -29,28 +30,6 @@ from .schemas import GenerateResponse, GenerationPlan, ItemFailure, OutputFile
 from .storage import ObjectStore, StorageError, build_output_key, write_output
 
 logger = logging.getLogger(__name__)
-
-Stage = Literal["queued", "running", "encoding", "done"]
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One item's progress; ``step``/``total_steps`` count denoiser evaluations."""
-
-    request_id: str
-    item: int
-    stage: Stage
-    step: int = 0
-    total_steps: int = 0
-
-
-ProgressSink = Callable[[Progress], None]
-"""Called from the event loop and from the GPU thread: must be thread-safe and quick."""
-
-
-class GenerationCancelled(Exception):
-    """Every item of the request was cancelled before it finished."""
-
 
 class ItemGenerationFailed(GenerationFailed):
     """One item could not be generated (e.g. non-finite values); its batch-mates may have been."""
@@ -118,29 +97,15 @@ class GenerationEngine:
         )
         self._gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")
         self._io = ThreadPoolExecutor(self.config.io_workers, thread_name_prefix="encode-upload")
-        self._active: dict[str, list[_Work]] = {}
         self._device_error: str | None = None
 
     def batch_cap(self, settings: BatchSettings) -> int:
         by_audio = math.floor(self.config.max_batch_audio_s / settings.audio_duration)
         return max(1, min(self.config.max_batch_size, by_audio))
 
-    def cancel(self, request_id: str) -> bool:
-        """Cancel a request: queued items leave at once, running ones at the next step."""
-        works = self._active.get(request_id)
-        if not works:
-            return False
-        for work in works:
-            work.cancelled = True
-        self._batcher.withdraw(lambda work: work.request_id == request_id)
-        return True
-
-    def queue_position(self, request_id: str) -> int | None:
-        positions = [self._batcher.position(work) for work in self._active.get(request_id, [])]
-        known = [p for p in positions if p is not None]
-        return min(known) if known else None
-
     async def generate(self, plan: GenerationPlan, progress: ProgressSink | None = None) -> GenerateResponse:
+        """Run a plan; cancelling the call cancels it: queued items leave their queue at
+        once, running ones leave their batch at the next step, batch-mates carry on."""
         started = time.perf_counter()
         settings = plan.params.batch_settings()
         if settings.model not in self.pipelines:
@@ -149,7 +114,6 @@ class GenerationEngine:
             _Work(plan.request_id, index, item, settings.total_steps, progress)
             for index, item in enumerate(plan.params.items())
         ]
-        self._active[plan.request_id] = works
         for work in works:
             work.report("queued")
         try:
@@ -160,8 +124,6 @@ class GenerationEngine:
             for work in works:
                 work.cancelled = True
             raise
-        finally:
-            self._active.pop(plan.request_id, None)
         return await self._respond(plan, works, results, time.perf_counter() - started)
 
     async def events(self, plan: GenerationPlan) -> AsyncIterator[list[Progress] | GenerateResponse]:
@@ -198,12 +160,7 @@ class GenerationEngine:
                 await asyncio.gather(task, return_exceptions=True)
 
     async def _produce(self, plan: GenerationPlan, settings: BatchSettings, work: _Work) -> _Written:
-        try:
-            generated, batch = await self._batcher.submit(settings, work)
-        except asyncio.CancelledError:
-            if work.cancelled:  # withdrawn by cancel(), while our caller still waits
-                raise GenerationCancelled() from None
-            raise
+        generated, batch = await self._batcher.submit(settings, work)
         self.metrics.queue_wait(settings.model, batch.queue_wait_s)
         output = generated.output
         if output.cancelled:
@@ -211,8 +168,13 @@ class GenerationEngine:
         if output.error is not None:
             raise ItemGenerationFailed(output.seed, output.error)
         work.report("encoding", work.total_steps)
-        loop = asyncio.get_running_loop()
-        written = await loop.run_in_executor(self._io, self._write, plan, generated, batch)
+        write = asyncio.get_running_loop().run_in_executor(self._io, self._write, plan, generated, batch)
+        try:
+            written = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            # The request was abandoned while its files were being written: remove them once they land.
+            write.add_done_callback(self._discard_abandoned)
+            raise
         work.report("done", work.total_steps)
         return written
 
@@ -233,6 +195,12 @@ class GenerationEngine:
             output: BatchOutput = await loop.run_in_executor(
                 self._gpu, pipeline, settings, [work.item for work in works], on_step
             )
+        except torch.OutOfMemoryError:
+            logger.warning("out of GPU memory for a batch of %d x %gs", len(works), settings.audio_duration)
+            torch.cuda.empty_cache()
+            raise Unavailable(
+                "the GPU ran out of memory for this batch; retry, or ask for shorter audio or fewer seeds"
+            ) from None
         except torch.AcceleratorError as exc:
             # A CUDA error poisons the context: let the health check have the replica replaced.
             self._device_error = f"{type(exc).__name__}: {exc}"
@@ -322,6 +290,10 @@ class GenerationEngine:
             warnings=plan.warnings,
             failures=[ItemFailure(seed=error.seed, message=error.reason) for error in failures],
         )
+
+    def _discard_abandoned(self, write: asyncio.Future) -> None:
+        if not write.cancelled() and write.exception() is None:
+            self._io.submit(self._discard, [write.result()])
 
     def _discard(self, written: list[_Written]) -> None:
         # Audio first: an audio object never outlives its sidecar (see write_output).

@@ -95,27 +95,6 @@ def test_cancelled_callers_are_dropped_before_their_batch_starts():
     assert worker.batches[1] == ("k", ["keep"])
 
 
-def test_withdraw_removes_queued_items_and_reports_positions():
-    async def scenario():
-        worker = Worker(seconds=0.1)
-        scheduler = batcher(worker, cap=8, wait=0.0)
-        blocker = asyncio.ensure_future(scheduler.submit("k", "blocker"))
-        await asyncio.sleep(0.02)
-        items = ["a", "b", "c"]
-        futures = [asyncio.ensure_future(scheduler.submit("k", item)) for item in items]
-        await asyncio.sleep(0)
-        positions = [scheduler.position(item) for item in items]
-        removed = scheduler.withdraw(lambda item: item == "b")
-        await blocker
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        return positions, removed, results, worker
-
-    positions, removed, results, worker = asyncio.run(scenario())
-    assert positions == [0, 1, 2] and removed == 1
-    assert isinstance(results[1], asyncio.CancelledError)
-    assert worker.batches[1] == ("k", ["a", "c"])
-
-
 def test_a_failing_batch_fails_every_caller_with_its_error():
     async def broken(key, items):
         raise RuntimeError("CUDA error: device-side assert")

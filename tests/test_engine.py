@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve_app.engine import EngineConfig, GenerationCancelled, GenerationEngine
+from serve_app.engine import EngineConfig, GenerationEngine
 from serve_app.errors import Unavailable
+from serve_app.lifecycle import GenerationCancelled, Progress
 from serve_app.pipeline.pipeline import MusicPipeline
 from serve_app.planner import Planner
 from serve_app.presets import PresetBook
@@ -118,7 +119,7 @@ def test_a_failed_upload_fails_the_request_and_removes_what_it_wrote(pipeline, p
     assert store.list() == []
 
 
-def test_cancel_reports_progress_and_withdraws_queued_items(pipeline, planner, store):
+def test_cancelling_a_request_withdraws_it_from_its_queue_and_its_batch_mates_carry_on(pipeline, planner, store):
     events = []
 
     async def main():
@@ -127,20 +128,50 @@ def test_cancel_reports_progress_and_withdraws_queued_items(pipeline, planner, s
             kept = make_plan(planner, actual_seeds=[1])
             dropped = make_plan(planner, actual_seeds=[2])
             tasks = [asyncio.create_task(engine.generate(plan, events.append)) for plan in (kept, dropped)]
-            await asyncio.sleep(0.1)
-            assert engine.queue_position(dropped.request_id) is not None
-            assert engine.cancel(dropped.request_id)
-            return await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.sleep(0.1)  # both queued, waiting for batch-mates
+            tasks[1].cancel()
+            return await asyncio.gather(*tasks, return_exceptions=True), kept, dropped
         finally:
             engine.close()
 
-    kept_response, dropped_result = asyncio.run(main())
-    assert isinstance(dropped_result, GenerationCancelled)
-    assert kept_response.outputs[0].batch_size == 1
-    stages = [event.stage for event in events if event.request_id == kept_response.request_id]
+    (kept_response, dropped_result), kept, dropped = asyncio.run(main())
+    assert isinstance(dropped_result, asyncio.CancelledError)
+    assert kept_response.outputs[0].batch_size == 1  # the cancelled item left the queue before the batch formed
+    stages = [event.stage for event in events if event.request_id == kept.request_id]
     assert stages[0] == "queued" and stages[-2:] == ["encoding", "done"] and "running" in stages
-    steps = [event.step for event in events if event.stage == "running" and event.request_id == kept_response.request_id]
+    steps = [event.step for event in events if event.stage == "running" and event.request_id == kept.request_id]
     assert steps[-1] == 3
+    assert not [key for key in store.list() if dropped.request_id in key]
+
+
+def test_a_request_cancelled_while_its_files_are_written_leaves_none(pipeline, planner, store, monkeypatch):
+    import threading
+
+    writing, release = threading.Event(), threading.Event()
+    engine = GenerationEngine({TEST_MODEL: pipeline}, store)
+    real_write = engine._write
+
+    def slow_write(*args):
+        writing.set()
+        release.wait(10)
+        return real_write(*args)
+
+    monkeypatch.setattr(engine, "_write", slow_write)
+    plan = make_plan(planner, actual_seeds=[1])
+
+    async def main():
+        try:
+            task = asyncio.create_task(engine.generate(plan))
+            await asyncio.to_thread(writing.wait, 10)
+            task.cancel()
+            release.set()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(0.5)  # the write lands, then its removal runs on the I/O pool
+            return store.list()
+        finally:
+            engine.close()
+
+    assert [key for key in asyncio.run(main()) if plan.request_id in key] == []
 
 
 # -------------------------------------------- inert parameters are really inert
@@ -188,7 +219,6 @@ def test_the_same_parameter_counts_when_not_warned(pipeline, planner, base, fiel
 
 
 def test_events_stream_progress_then_the_response_and_closing_early_cancels(pipeline, planner, store):
-    from serve_app.engine import Progress
     from serve_app.schemas import GenerateResponse
 
     engine = GenerationEngine({TEST_MODEL: pipeline}, store)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import AsyncIterator, Callable, Iterable, Protocol
 
-from ..engine import GenerationCancelled, Progress
 from ..errors import Conflict, ServiceError, Unavailable
+from ..lifecycle import GenerationCancelled, Progress
 from ..schemas import GenerateResponse, GenerationPlan
 from ..storage import StorageError
 from .models import ItemProgress, JobError, JobProgress, JobRecord, JobStatus, WebhookDelivery

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, field_validator
 
-from ..engine import Stage
+from ..lifecycle import Stage
 from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
