@@ -10,7 +10,12 @@ import torch
 
 from serve_app.pipeline import acestep_v15 as family
 from serve_app.pipeline.model import Branch, ErgFlags
+from serve_app.pipeline.pipeline import MusicPipeline
 from serve_app.pipeline.registry import load_model
+from serve_app.pipeline.sampler import Sampler, initial_noise
+from serve_app.planner import Planner
+from serve_app.presets import PresetBook
+from serve_app.schemas import GenerateRequest
 
 BASE = "acestep-v15-tiny"
 TURBO = "acestep-v15-turbo-tiny"
@@ -146,6 +151,47 @@ def test_euler_loop_matches_diffusers_pipeline(turbo):
         output_type="latent",
     ).audios
     torch.testing.assert_close(x, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [TURBO, BASE])
+def test_a_request_without_sampling_fields_reproduces_the_diffusers_pipeline(name, checkpoints):
+    """The planner's defaults, run by our sampler and pipeline, are AceStepPipeline's defaults.
+
+    The reference is given only the prompt, the duration, the initial noise and the
+    step count: its ``num_inference_steps=8`` is the turbo's count, while the base
+    model's catalog default is the ≈50 steps its guided sampling is made for. Shift,
+    a plain Euler step, APG (momentum, norm threshold) at guidance 7 on every step
+    for base and no guidance for turbo all come from each side's own defaults.
+    """
+    planner = Planner(PresetBook.load(), served_models=[name], default_model=name)
+    request = GenerateRequest(
+        prompt="ambient pads", lyrics="[chorus]\nsky", audio_duration=2.0, actual_seeds=[7], bf16=False
+    )
+    params = planner.plan(request, "parity").params
+    settings, items = params.batch_settings(), params.items()
+    pipeline = MusicPipeline(name, CPU, models_root=checkpoints)
+    model = pipeline.model(bf16=False)
+
+    latents = Sampler(model)(settings, items).latents
+    [output] = pipeline(settings, items).items
+
+    final: dict[str, torch.Tensor] = {}
+
+    def keep_latents(pipe, step, timestep, tensors):
+        final["latents"] = tensors["latents"]
+        return tensors
+
+    noise = initial_noise(model, settings, [torch.Generator().manual_seed(7)])
+    reference = model.pipe(
+        prompt="ambient pads",
+        lyrics="[chorus]\nsky",
+        audio_duration=2.0,
+        num_inference_steps=params.infer_step,
+        latents=noise,
+        callback_on_step_end=keep_latents,
+    ).audios
+    torch.testing.assert_close(latents, final["latents"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(output.waveform, reference[0, :, : output.waveform.shape[-1]], rtol=1e-4, atol=1e-5)
 
 
 def test_cond_states_match_pipeline_encoding(base):

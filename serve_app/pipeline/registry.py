@@ -49,8 +49,12 @@ class ModelSpec:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
 
 
-_V15_TURBO_DEFAULTS = {"infer_step": 8, "guidance_scale": 1.0}
-_V15_GUIDED_DEFAULTS = {"infer_step": 50, "guidance_scale": 7.0}
+# diffusers' AceStepPipeline is the 1.5 reference: a plain Euler step (omega 0 is a
+# gain of exactly 1) and guidance on every step (its cfg interval spans 0..1). Its
+# shift 3 and APG (momentum, norm threshold) are our schedule's and v1's already.
+_V15_SAMPLING = {"omega_scale": 0.0, "guidance_interval": 1.0}
+_V15_TURBO_DEFAULTS = {**_V15_SAMPLING, "infer_step": 8, "guidance_scale": 1.0}
+_V15_GUIDED_DEFAULTS = {**_V15_SAMPLING, "infer_step": 50, "guidance_scale": 7.0}
 _NO_ERG = {"use_erg_tag": False, "use_erg_lyric": False, "use_erg_diffusion": False}
 
 CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
