@@ -11,15 +11,20 @@ from __future__ import annotations
 
 from ray import serve
 from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
-from serve_app.jobs import CoordinatorConfig, JobCoordinator, JobRecords, JobStatus
+from serve_app.jobs import CoordinatorConfig, JobCoordinator, JobRecords, JobStatus, WebhookPolicy, WebhookSender
 from serve_app.schemas import GenerationPlan
 
 
 def _replica_lost(exc: BaseException) -> bool:
     return isinstance(exc, RayActorError)
+
+
+def _generators_busy(exc: BaseException) -> bool:
+    return isinstance(exc, (BackPressureError, DeploymentUnavailableError))
 
 
 @serve.deployment(
@@ -38,6 +43,8 @@ class JobCoordinatorDeployment:
             JobRecords(settings.make_store(), prefix=settings.jobs_prefix),
             lambda plan: self._generator.generate_events.remote(plan),
             is_replica_lost=_replica_lost,
+            is_transient=_generators_busy,
+            webhooks=WebhookSender(WebhookPolicy(allow_private_networks=settings.webhook_allow_private_networks)),
             config=CoordinatorConfig(max_in_flight=settings.jobs_max_in_flight),
         )
         await self.jobs.recover()

@@ -84,6 +84,8 @@ class AppConfig(BaseModel):
     """Key prefix of the job records in the store; reserved, so no output is written under it."""
     jobs_max_in_flight: int = Field(default=64, ge=1)
     """Jobs sent to the generators at once; the rest wait in the coordinator, in order."""
+    webhook_allow_private_networks: bool = False
+    """Let job webhooks reach loopback, private and link-local addresses (off: only public hosts)."""
 
     @model_validator(mode="after")
     def _known_models(self) -> AppConfig:

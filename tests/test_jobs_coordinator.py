@@ -39,6 +39,10 @@ class ReplicaLost(Exception):
     pass
 
 
+class GeneratorsBusy(Exception):
+    pass
+
+
 class Cancelled(Exception):
     pass
 
@@ -113,6 +117,7 @@ def coordinator(store, generator, **config) -> tuple[JobCoordinator, RecordingWe
             JobRecords(store),
             generator,
             is_replica_lost=lambda exc: isinstance(exc, ReplicaLost),
+            is_transient=lambda exc: isinstance(exc, GeneratorsBusy),
             webhooks=webhooks,
             config=CoordinatorConfig(**config),
         ),
@@ -385,3 +390,73 @@ def test_eta_comes_from_measured_step_time():
         before, after = asyncio.run(scenario(LocalStore(root)))
     assert before.status == "running" and before.eta_s is None
     assert after.eta_s == pytest.approx(2.0 * (STEPS - 1))
+
+
+def test_busy_generators_delay_a_job_without_using_an_attempt(store):
+    async def scenario():
+        generator = ScriptedGenerator()
+        jobs, _ = coordinator(store, generator, busy_backoff_s=0.01)
+        plan = make_plan()
+        generator.failures[plan.request_id] = [GeneratorsBusy(), GeneratorsBusy()]
+        await jobs.submit(plan)
+        status = await wait_finished(jobs, plan.request_id)
+        await jobs.close()
+        return status, generator.started
+
+    status, started = asyncio.run(scenario())
+    assert status.status == "succeeded" and status.attempts == 1 and len(started) == 3
+
+
+def test_a_final_state_the_store_refused_is_recorded_once_it_is_back(store, monkeypatch):
+    async def scenario():
+        jobs, _ = coordinator(store, ScriptedGenerator(), finish_write_attempts=1)
+        real_save = jobs.records.save
+        store_down = True
+
+        def flaky_save(record):
+            if store_down and record.status.finished:
+                raise StorageUnavailableError("store down")
+            real_save(record)
+
+        monkeypatch.setattr(jobs.records, "save", flaky_save)
+        plan = make_plan()
+        await jobs.submit(plan)
+        finished = await wait_finished(jobs, plan.request_id)
+        while_down = jobs.records.load(plan.request_id).status.status, jobs.records.active_ids()
+        store_down = False
+        await follow_ups_done(jobs)
+        after = jobs.records.load(plan.request_id).status.status, jobs.records.active_ids()
+        await jobs.close()
+        return finished, while_down, after, plan.request_id
+
+    finished, (stored_while_down, active_while_down), (stored_after, active_after), job_id = asyncio.run(scenario())
+    assert finished.status == "succeeded"
+    # Until the final record lands the marker stays, so a restart would find the job again.
+    assert stored_while_down != "succeeded" and active_while_down == [job_id]
+    assert stored_after == "succeeded" and active_after == []
+
+
+def test_a_cancel_that_races_the_end_reports_how_the_job_ended(store, monkeypatch):
+    import time as clock
+
+    async def scenario():
+        jobs, _ = coordinator(store, ScriptedGenerator())
+        real_save = jobs.records.save
+
+        def slow_final_save(record):
+            if record.status.finished:
+                clock.sleep(0.3)  # the success is being recorded while the DELETE arrives
+            real_save(record)
+
+        monkeypatch.setattr(jobs.records, "save", slow_final_save)
+        plan = make_plan()
+        await jobs.submit(plan)
+        while not jobs._jobs[plan.request_id].finishing:
+            await asyncio.sleep(0.005)
+        with pytest.raises(JobConflict):
+            await jobs.cancel(plan.request_id)
+        status = await jobs.status(plan.request_id)
+        await jobs.close()
+        return status
+
+    assert asyncio.run(scenario()).status == "succeeded"

@@ -40,6 +40,7 @@ def client(serve_instance, outputs_dir):
             "storage": {"kind": "local", "local_root": str(outputs_dir)},
             "batch_wait_s": 0.5,
             "max_batch_size": 4,
+            "webhook_allow_private_networks": True,  # the receiver is on 127.0.0.1
         }
     )
     run_app(app, APP, "/")

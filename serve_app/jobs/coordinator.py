@@ -60,6 +60,9 @@ class CoordinatorConfig:
     retained_jobs: int = 10_000
     """Finished jobs kept in memory; older ones are read back from the store."""
     finish_write_attempts: int = 5
+    busy_backoff_s: float = 1.0
+    """First wait before re-sending a job the generators refused as busy; doubles up to the max."""
+    max_busy_backoff_s: float = 30.0
 
 
 def _now() -> datetime:
@@ -104,6 +107,7 @@ class JobCoordinator:
         start: StartJob,
         *,
         is_replica_lost: Callable[[BaseException], bool] = lambda exc: False,
+        is_transient: Callable[[BaseException], bool] = lambda exc: False,
         webhooks: WebhookSender | None = None,
         config: CoordinatorConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -111,6 +115,7 @@ class JobCoordinator:
         self.records = records
         self._start = start
         self._is_replica_lost = is_replica_lost
+        self._is_transient = is_transient
         self._webhooks = webhooks or WebhookSender()
         self.config = config or CoordinatorConfig()
         self._clock = clock
@@ -120,6 +125,7 @@ class JobCoordinator:
         self._slots = asyncio.Semaphore(self.config.max_in_flight)
         self._tail_s: float | None = None
         """Measured seconds from a job's last diffusion step to its result (decode, encode, upload)."""
+        self._background: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ public
 
@@ -161,6 +167,12 @@ class JobCoordinator:
             if job.status.status == "cancelled":
                 return self._public(job)
             raise JobConflict(f"job {job_id} is already {job.status.status}")
+        if job.finishing:  # the job is being recorded as finished right now: report how it ended
+            while not job.status.finished:
+                await job.changed.wait()
+            if job.status.status != "cancelled":
+                raise JobConflict(f"job {job_id} is already {job.status.status}")
+            return self._public(job)
         job.cancel_requested = True
         if job.stream is not None:
             job.stream.cancel()
@@ -171,7 +183,12 @@ class JobCoordinator:
         """Long poll: the job's status once its version exceeds ``version``, or after ``timeout_s``."""
         job = self._jobs.get(job_id)
         if job is None:
-            return version + 1, await self.status(job_id)
+            status = await self.status(job_id)
+            if not status.finished:
+                # Recorded as unfinished but not running here (its final record was lost):
+                # nothing will change, so do not let the caller poll in a tight loop.
+                await asyncio.sleep(timeout_s)
+            return max(version, 0), status
         if job.version <= version:
             try:
                 await asyncio.wait_for(job.changed.wait(), timeout_s)
@@ -195,7 +212,7 @@ class JobCoordinator:
         for job in resumed:
             if job.status.finished:
                 # The earlier coordinator stopped between the final record and its follow-up.
-                job.follow_up = asyncio.get_running_loop().create_task(self._after_finish(job))
+                job.follow_up = self._in_background(self._after_finish(job))
             elif job.status.attempts >= self.config.max_attempts:
                 await self._finish(
                     job,
@@ -213,12 +230,8 @@ class JobCoordinator:
         return len(resumed)
 
     async def close(self) -> None:
-        tasks = [
-            task
-            for job in self._jobs.values()
-            for task in (job.task, job.follow_up)
-            if task is not None and not task.done()
-        ]
+        running = [job.task for job in self._jobs.values() if job.task is not None]
+        tasks = [task for task in (*running, *self._background) if not task.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -231,6 +244,7 @@ class JobCoordinator:
         job.task = asyncio.get_running_loop().create_task(self._run(job))
 
     async def _run(self, job: _Job) -> None:
+        backoff = self.config.busy_backoff_s
         async with self._slots:
             while not job.cancel_requested and not job.status.finished:
                 job.status.attempts += 1
@@ -244,6 +258,12 @@ class JobCoordinator:
                         return
                     if isinstance(exc, GenerationCancelled):
                         await self._finish(job, "cancelled")
+                    elif self._is_transient(exc):
+                        # The generators are busy or scaling: not this job's fault, so not an attempt.
+                        job.status.attempts -= 1
+                        self._restart_progress(job)
+                        await asyncio.sleep(backoff)
+                        backoff = min(2 * backoff, self.config.max_busy_backoff_s)
                     elif self._is_replica_lost(exc) and job.status.attempts < self.config.max_attempts:
                         logger.warning("job %s lost its generator replica (%s); retrying", job.status.job_id, exc)
                         self._restart_progress(job)
@@ -300,7 +320,13 @@ class JobCoordinator:
         job.touch()
         if became_running or self._clock() - job.persisted_at >= self.config.persist_interval_s:
             job.persisted_at = self._clock()
-            asyncio.get_running_loop().create_task(self._persist(job))
+            self._in_background(self._persist(job))
+
+    def _in_background(self, work) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._background.discard)
+        return task
 
     # --------------------------------------------------------------- finishing
 
@@ -322,16 +348,26 @@ class JobCoordinator:
             for item in status.progress.items:
                 item.stage, item.step = "done", item.total_steps
             status.progress.stage, status.progress.step = "done", status.progress.total_steps
-        # Recorded before anyone is told, so a final state a client saw survives a restart.
-        await self._persist(job, attempts=self.config.finish_write_attempts, status=status)
+        # Recorded before anyone is told when the store allows, so a final state a client
+        # saw survives a restart; if it does not, the follow-up keeps trying.
+        durable = await self._persist(job, attempts=self.config.finish_write_attempts, status=status)
         job.status = status
         self._waiting.pop(status.job_id, None)
         job.touch()
         # Webhook retries take seconds: they must not hold a slot or a DELETE.
-        job.follow_up = asyncio.get_running_loop().create_task(self._after_finish(job))
+        job.follow_up = self._in_background(self._after_finish(job, durable))
 
-    async def _after_finish(self, job: _Job) -> None:
-        """Webhook (once), then drop the active marker, then keep the job in the bounded memory."""
+    async def _after_finish(self, job: _Job, durable: bool = True) -> None:
+        """Make the final record durable, call the webhook (once), then drop the active marker.
+
+        The marker goes last: until it does, a restarted coordinator finds the job
+        and finishes this follow-up (or, with no final record, runs the job again).
+        """
+        delay = 1.0
+        while not durable:
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 60.0)
+            durable = await self._persist(job)
         webhook = job.status.webhook
         if webhook is not None and not webhook.delivered:
             body = job.status.model_dump_json().encode()
@@ -351,19 +387,21 @@ class JobCoordinator:
             old_id, _ = self._finished.popitem(last=False)
             self._jobs.pop(old_id, None)
 
-    async def _persist(self, job: _Job, attempts: int = 1, status: JobStatus | None = None) -> None:
+    async def _persist(self, job: _Job, attempts: int = 1, status: JobStatus | None = None) -> bool:
+        """Write the job's record (``status`` if given); True once it is in the store."""
         delay = 0.5
         async with job.lock:
             for attempt in range(1, attempts + 1):
                 try:
                     await asyncio.to_thread(self.records.save, job.record(status))
-                    return
+                    return True
                 except StorageError as exc:
                     if attempt == attempts:
                         logger.error("could not record job %s in the object store: %s", job.status.job_id, exc)
-                        return
+                        return False
                     await asyncio.sleep(delay)
                     delay *= 2
+        return False
 
     def _clear_marker_quietly(self, job_id: str) -> None:
         try:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
-from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, field_validator
 
 from ..lifecycle import Stage
 from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan
+from .webhooks import parse_webhook_url
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -101,7 +101,5 @@ class JobRequest(GenerateRequest):
     @classmethod
     def _absolute_http_url(cls, value: str | None) -> str | None:
         if value is not None:
-            parsed = urlparse(value)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise ValueError("must be an absolute http:// or https:// URL")
+            parse_webhook_url(value)
         return value

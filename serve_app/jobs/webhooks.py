@@ -4,12 +4,19 @@ Retried with exponential backoff on connection errors, timeouts, 408, 429 and
 5xx; any other answer is final. Each attempt carries the job id as
 ``Idempotency-Key`` so a receiver can drop a repeat (a retry after a lost
 answer, or a coordinator restart between delivery and its record).
+
+A webhook is a request the server makes on a client's behalf, so by default it
+may not reach loopback, private, link-local or other reserved addresses (the
+cluster's own services, cloud metadata endpoints); a deployment whose
+receivers live there opts in with ``allow_private_networks``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 from dataclasses import dataclass
 
 import httpx
@@ -25,6 +32,7 @@ class WebhookPolicy:
     first_delay_s: float = 1.0
     max_delay_s: float = 30.0
     timeout_s: float = 10.0
+    allow_private_networks: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,12 +42,48 @@ class DeliveryOutcome:
     last_error: str | None = None
 
 
+def parse_webhook_url(value: str) -> httpx.URL:
+    """The URL if it is an absolute http(s) URL httpx can send to; ``ValueError`` saying why not."""
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError(f"has port {url.port}, outside 1-65535")
+    return url
+
+
+async def _public_destination(url: httpx.URL) -> str | None:
+    """Why ``url`` must not be called (it resolves to a non-public address), or None."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        infos = await asyncio.to_thread(socket.getaddrinfo, url.host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"cannot resolve {url.host}: {exc}"
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(sockaddr[0])
+        if not address.is_global:
+            return f"{url.host} resolves to {address}, which is not a public address"
+    return None
+
+
 class WebhookSender:
     def __init__(self, policy: WebhookPolicy | None = None) -> None:
         self.policy = policy or WebhookPolicy()
 
     async def deliver(self, url: str, job_id: str, body: bytes) -> DeliveryOutcome:
         policy = self.policy
+        try:
+            target = parse_webhook_url(url)
+        except ValueError as exc:
+            return DeliveryOutcome(False, 0, f"webhook_url {exc}")
+        if not policy.allow_private_networks:
+            refusal = await _public_destination(target)
+            if refusal is not None:
+                logger.warning("webhook for job %s refused: %s", job_id, refusal)
+                return DeliveryOutcome(False, 0, f"refused: {refusal}")
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": job_id,
@@ -50,9 +94,11 @@ class WebhookSender:
         async with httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False) as client:
             for attempt in range(1, policy.max_attempts + 1):
                 try:
-                    response = await client.post(url, content=body, headers=headers)
-                except httpx.HTTPError as exc:
+                    response = await client.post(target, content=body, headers=headers)
+                except httpx.TransportError as exc:
                     error = f"{type(exc).__name__}: {exc}"
+                except Exception as exc:  # anything else will fail the same way again
+                    return DeliveryOutcome(False, attempt, f"{type(exc).__name__}: {exc}")
                 else:
                     if response.is_success:
                         return DeliveryOutcome(True, attempt)
