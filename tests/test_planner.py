@@ -13,13 +13,14 @@ from serve_app.schemas import GenerateRequest
 
 V1 = "ace-step-v1-tiny"
 V15 = "acestep-v15-tiny"
+V15_TURBO = "acestep-v15-turbo-tiny"
 ALL_ERG = {"use_erg_tag": True, "use_erg_lyric": True, "use_erg_diffusion": True}
 NO_ERG = {"use_erg_tag": False, "use_erg_lyric": False, "use_erg_diffusion": False}
 
 
 @pytest.fixture(scope="module")
 def planner() -> Planner:
-    return Planner(PresetBook.load(), served_models=[V1, V15], default_model=V1)
+    return Planner(PresetBook.load(), served_models=[V1, V15, V15_TURBO], default_model=V1)
 
 
 def plan(planner: Planner, **fields):
@@ -131,6 +132,15 @@ def test_given_seeds_are_kept_in_order(planner):
 )
 def test_cross_field_errors_name_the_field(planner, fields, field):
     assert refused(planner, **fields).field == field
+
+
+def test_a_guidance_distilled_model_refuses_guidance(planner):
+    error = refused(planner, model=V15_TURBO, guidance_scale=7.0)
+    assert error.field == "guidance_scale" and "guidance-distilled" in error.message and "1" in error.message
+    assert refused(planner, model=V15_TURBO, preset="precision").field == "guidance_scale"
+    for unguided in (0.0, 1.0):
+        assert plan(planner, model=V15_TURBO, guidance_scale=unguided).params.guidance_scale == unguided
+    assert plan(planner, model=V15, guidance_scale=7.0).params.guidance_scale == 7.0
 
 
 def test_preset_values_that_the_model_refuses_say_where_they_came_from(planner):

@@ -43,6 +43,8 @@ class ModelSpec:
     supported_erg: frozenset[str]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     """Parameter defaults that differ from the ACE-Step v1 defaults for this model."""
+    guidance_distilled: bool = False
+    """Guidance is trained into the weights: the model samples unguided only."""
     tiny: bool = False
 
     def __post_init__(self) -> None:
@@ -77,6 +79,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
                 defaults={**_V15_TURBO_DEFAULTS, **_NO_ERG},
+                guidance_distilled=True,
             ),
             ModelSpec(
                 name="acestep-v15-xl-base",
@@ -114,6 +117,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
                 defaults={**_V15_TURBO_DEFAULTS, **_NO_ERG},
+                guidance_distilled=True,
                 tiny=True,
             ),
         )

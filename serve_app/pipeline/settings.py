@@ -194,6 +194,11 @@ def check_supported(settings: BatchSettings, spec: ModelSpec) -> None:
         raise SettingsError("model", f"settings are for {settings.model!r}, not {spec.name!r}")
     if settings.audio_duration > spec.max_duration_s:
         raise SettingsError("audio_duration", f"{spec.name} generates at most {spec.max_duration_s:g} seconds")
+    if settings.guided and spec.guidance_distilled:
+        raise SettingsError(
+            "guidance_scale",
+            f"{spec.name} is guidance-distilled and samples without guidance; use guidance_scale 1 (or 0)",
+        )
     for flag in ("tag", "lyric", "diffusion"):
         if getattr(settings, f"use_erg_{flag}") and flag not in spec.supported_erg:
             raise SettingsError(
