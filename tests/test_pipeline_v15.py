@@ -57,7 +57,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize("duration", [1.0, 2.3])
+@pytest.mark.parametrize("duration", [get_spec(NAME).min_duration_s, 2.3])
 def test_exact_duration_rate_and_channels(pipeline, duration):
     audio = _generate(pipeline, audio_duration=duration)
     assert audio.shape == (2, round(duration * SAMPLE_RATE)) and audio.dtype == torch.float32

@@ -26,6 +26,11 @@ DEFAULT_MODEL = "ace-step-v1-3.5b"
 
 ALL_ERG = frozenset({"tag", "lyric", "diffusion"})
 
+# Upstream sets no floor (v1 takes any positive length; 1.5's model cards say 10 s).
+# Every family and size renders down to a single latent frame and fails only when a
+# duration rounds to zero output samples; one second stays well clear of that.
+MIN_DURATION_S = 1.0
+
 
 class ModelUnavailableError(RuntimeError):
     """The weights are not on disk and cannot be downloaded."""
@@ -39,6 +44,7 @@ class ModelSpec:
     description: str
     repo_id: str | None
     """Hugging Face hub repository; ``None`` for tiny models written locally."""
+    min_duration_s: float
     max_duration_s: float
     supported_erg: frozenset[str]
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -68,6 +74,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 family="acestep_v1",
                 description="ACE-Step v1 3.5B (linear-attention DiT, DCAE + vocoder, UMT5 text encoder).",
                 repo_id="ACE-Step/ACE-Step-v1-3.5B",
+                min_duration_s=MIN_DURATION_S,
                 max_duration_s=240.0,
                 supported_erg=ALL_ERG,
             ),
@@ -76,6 +83,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 family="acestep_v15",
                 description="ACE-Step 1.5 XL turbo: guidance-distilled, 8 steps.",
                 repo_id="ACE-Step/acestep-v15-xl-turbo-diffusers",
+                min_duration_s=MIN_DURATION_S,
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
                 defaults={**_V15_TURBO_DEFAULTS, **_NO_ERG},
@@ -86,6 +94,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 family="acestep_v15",
                 description="ACE-Step 1.5 XL base: guided sampling.",
                 repo_id="ACE-Step/acestep-v15-xl-base-diffusers",
+                min_duration_s=MIN_DURATION_S,
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
                 defaults={**_V15_GUIDED_DEFAULTS, **_NO_ERG},
@@ -95,6 +104,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 family="acestep_v1",
                 description="Tiny random-weight ACE-Step v1 in the official layout (tests, CPU dev mode).",
                 repo_id=None,
+                min_duration_s=MIN_DURATION_S,
                 max_duration_s=240.0,
                 supported_erg=ALL_ERG,
                 tiny=True,
@@ -104,6 +114,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 family="acestep_v15",
                 description="Tiny random-weight ACE-Step 1.5 in the diffusers layout (tests, CPU dev mode).",
                 repo_id=None,
+                min_duration_s=MIN_DURATION_S,
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
                 defaults={**_V15_GUIDED_DEFAULTS, **_NO_ERG},
@@ -114,6 +125,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 family="acestep_v15",
                 description="Tiny random-weight ACE-Step 1.5 turbo (tests, CPU dev mode).",
                 repo_id=None,
+                min_duration_s=MIN_DURATION_S,
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
                 defaults={**_V15_TURBO_DEFAULTS, **_NO_ERG},

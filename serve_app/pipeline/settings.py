@@ -192,6 +192,8 @@ def check_supported(settings: BatchSettings, spec: ModelSpec) -> None:
     """Refuse what the model cannot compute, rather than silently ignoring it."""
     if settings.model != spec.name:
         raise SettingsError("model", f"settings are for {settings.model!r}, not {spec.name!r}")
+    if settings.audio_duration < spec.min_duration_s:
+        raise SettingsError("audio_duration", f"{spec.name} generates at least {spec.min_duration_s:g} seconds")
     if settings.audio_duration > spec.max_duration_s:
         raise SettingsError("audio_duration", f"{spec.name} generates at most {spec.max_duration_s:g} seconds")
     if settings.guided and spec.guidance_distilled:
