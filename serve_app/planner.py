@@ -14,7 +14,7 @@ from typing import Any, Collection, Mapping
 
 from pydantic import ValidationError
 
-from .audio import resolve_mp3_bitrate
+from .audio import file_extension, resolve_mp3_bitrate
 from .pipeline.registry import CATALOG, ModelSpec
 from .pipeline.settings import (
     ACESTEP_DEFAULTS,
@@ -26,7 +26,7 @@ from .pipeline.settings import (
 )
 from .presets import Preset, PresetBook
 from .schemas import GenerateRequest, GenerationPlan, Output, ParamWarning
-from .storage import validate_output_name
+from .storage import split_output_name, validate_output_name
 
 DEFAULT_FORMAT = "wav"
 DEFAULT_SAMPLE_RATE = 48000
@@ -148,6 +148,7 @@ class Planner:
         if name is not None:
             try:
                 name = validate_output_name(name)
+                split_output_name(name, file_extension(fmt))
             except ValueError as exc:
                 raise PlanningError(name_field, str(exc).removeprefix("output_name ")) from None
         return Output(format=fmt, mp3_bitrate_kbps=bitrate, sample_rate=sample_rate, name=name)

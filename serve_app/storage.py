@@ -215,6 +215,24 @@ def validate_output_name(name: str) -> str:
     return name
 
 
+def split_output_name(name: str, ext: str) -> tuple[list[str], str | None]:
+    """Folders and file stem of a validated output name, for a file ending in ``.{ext}``.
+
+    A name ending in ``/`` is folders only (no stem). A trailing ``.{ext}`` on the
+    stem is dropped (``"track.mp3"`` → ``track``); another audio extension is a
+    ``ValueError``, so the planner refuses it before anything is generated.
+    """
+    if name.endswith("/"):
+        return name[:-1].split("/"), None
+    *folders, stem = name.split("/")
+    base, dot, suffix = stem.rpartition(".")
+    if dot and base and suffix.lower() == ext:
+        stem = base
+    elif dot and base and suffix.lower() in AUDIO_FORMATS:
+        raise ValueError(f"output_name ends with '.{suffix}' but the output format is {ext}")
+    return folders, stem
+
+
 def build_output_key(
     prefix: str,
     request_id: str,
@@ -261,16 +279,7 @@ def build_output_key(
     folders: list[str] = []
     stem: str | None = None
     if name is not None:
-        name = validate_output_name(name)
-        if name.endswith("/"):
-            folders = name[:-1].split("/")
-        else:
-            *folders, stem = name.split("/")
-            base, dot, suffix = stem.rpartition(".")
-            if dot and base and suffix.lower() == ext:
-                stem = base
-            elif dot and base and suffix.lower() in AUDIO_FORMATS:
-                raise ValueError(f"output_name ends with '.{suffix}' but the output format is {ext}")
+        folders, stem = split_output_name(validate_output_name(name), ext)
     filename = f"{stem}-{seed}.{ext}" if stem else f"{seed}.{ext}"
     key = "/".join([*([prefix] if prefix else []), *folders, date, request_id, filename])
     return validate_key(key)

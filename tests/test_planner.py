@@ -131,6 +131,8 @@ def test_given_seeds_are_kept_in_order(planner):
         ({"output_name": "/etc/passwd"}, "output_name"),
         ({"output_path": "C:/Users/me/song.wav"}, "output_path"),
         ({"output_path": "~/song"}, "output_path"),
+        ({"output_name": "song.wav", "format": "mp3"}, "output_name"),
+        ({"output_path": "albums/song.flac"}, "output_path"),
     ],
 )
 def test_cross_field_errors_name_the_field(planner, fields, field):
@@ -157,6 +159,8 @@ def test_output_options(planner):
     assert plan(planner, format="mp3").output.mp3_bitrate_kbps == 192
     assert plan(planner, format="mp3", sample_rate=24000).output.mp3_bitrate_kbps == 160
     assert plan(planner, output_path="albums/summer/track").output.name == "albums/summer/track"
+    assert plan(planner, output_name="song.MP3", format="mp3").output.name == "song.MP3"
+    assert "format is mp3" in refused(planner, output_name="song.wav", format="mp3").message
 
 
 def test_oss_steps_set_infer_step(planner):

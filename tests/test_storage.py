@@ -28,6 +28,7 @@ from serve_app.storage import (
     StorageError,
     StorageUnavailableError,
     build_output_key,
+    split_output_name,
     sidecar_key,
     validate_key,
     validate_output_name,
@@ -110,6 +111,24 @@ def test_build_output_key_default_layout():
 )
 def test_build_output_key_with_client_name(name, expected):
     assert build_output_key("outputs", "req-1", 7, "flac", name=name, when=WHEN) == expected
+
+
+@pytest.mark.parametrize(
+    "name,ext,expected",
+    [
+        ("track", "mp3", ([], "track")),
+        ("albums/summer/track.MP3", "mp3", (["albums", "summer"], "track")),
+        ("albums/summer/", "wav", (["albums", "summer"], None)),
+        ("take.2", "wav", ([], "take.2")),
+    ],
+)
+def test_split_output_name(name, ext, expected):
+    assert split_output_name(name, ext) == expected
+
+
+def test_split_output_name_refuses_another_audio_extension():
+    with pytest.raises(ValueError, match=r"ends with '\.wav' but the output format is mp3"):
+        split_output_name("albums/song.wav", "mp3")
 
 
 def test_build_output_key_date_is_utc():
