@@ -16,6 +16,7 @@ import time
 from typing import Awaitable, TypeVar
 
 from fastapi import FastAPI
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -23,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app import api
 from serve_app.config import AppConfig
-from serve_app.errors import ServiceError, Unavailable
+from serve_app.errors import InvalidRequest, ServiceError, Unavailable
 from serve_app.frontend import Frontend
 from serve_app.jobs import JobRequest, JobStatus
 from serve_app.metrics import ServeMetrics
@@ -34,6 +35,15 @@ from serve_app.schemas import GenerateRequest, GenerateResponse, GenerationPlan,
 READY_CACHE_S = 2.0
 
 T = TypeVar("T")
+Request = TypeVar("Request", bound=BaseModel)
+
+
+def validated(model: type[Request], request: Request | dict) -> Request:
+    """A handle caller's request as ``model``; bad fields raise ``InvalidRequest`` as over HTTP."""
+    try:
+        return model.model_validate(request)
+    except ValidationError as exc:
+        raise InvalidRequest.from_validation(exc.errors()) from None
 
 
 async def call_deployment(call: Awaitable[T], what: str) -> T:
@@ -130,11 +140,11 @@ class Ingress:
 
     async def generate(self, request: GenerateRequest | dict) -> GenerateResponse:
         """Same body and result as ``POST /generate``; errors raise ``ServiceError`` subclasses."""
-        return await self.frontend.generate(GenerateRequest.model_validate(request))
+        return await self.frontend.generate(validated(GenerateRequest, request))
 
     async def submit_job(self, request: JobRequest | dict) -> JobStatus:
         """Same body as ``POST /jobs``; returns the queued job's status."""
-        return await self.frontend.submit_job(JobRequest.model_validate(request))
+        return await self.frontend.submit_job(validated(JobRequest, request))
 
     async def job_status(self, job_id: str) -> JobStatus:
         """Same as ``GET /jobs/{job_id}``; ``result`` holds the ``GenerateResponse`` once it succeeded."""

@@ -11,21 +11,18 @@ import hmac
 import logging
 import mimetypes
 import os
-
 from typing import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .errors import ServiceError, Unauthorized
+from .errors import InvalidRequest, ServiceError, Unauthorized
 from .frontend import Frontend
 from .jobs import JobAccepted, JobRequest, JobStatus
 from .schemas import (
-    LEGACY_FIELD_HINTS,
     ErrorBody,
     ErrorResponse,
-    FieldError,
     GenerateRequest,
     GenerateResponse,
     ModelInfo,
@@ -134,27 +131,14 @@ def _install_error_handlers(app: FastAPI, frontend: Frontend) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        fields = [FieldError(field=_field_name(error), message=_explain(error)) for error in exc.errors()]
-        message = "; ".join(f"{field.field}: {field.message}" for field in fields)
-        body = ErrorResponse(error=ErrorBody(type="invalid_request", message=message, fields=fields))
-        frontend.metrics.request_finished(request.url.path, 422, model="", preset=None)
-        return JSONResponse(body.model_dump(), status_code=422)
+        error = InvalidRequest.from_validation(exc.errors())
+        route = request.scope.get("route")
+        path = route.path if route is not None else "unknown"  # the template: one series per route
+        frontend.metrics.request_finished(path, 422, "invalid", "invalid")
+        return JSONResponse(error.body().model_dump(), status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         body = ErrorResponse(error=ErrorBody(type="internal_error", message="internal error; see the server log"))
         return JSONResponse(body.model_dump(), status_code=500)
-
-
-def _field_name(error: dict) -> str:
-    if error["type"] == "json_invalid":
-        return "body"
-    parts = [str(part) for part in error["loc"] if part not in ("body", "query", "path")]
-    return ".".join(parts) or "body"
-
-
-def _explain(error: dict) -> str:
-    if error["type"] == "extra_forbidden":
-        return LEGACY_FIELD_HINTS.get(_field_name(error), "unknown field; the request schema is at /docs")
-    return error["msg"].removeprefix("Value error, ")

@@ -6,7 +6,9 @@ pickle by their constructor arguments.
 
 from __future__ import annotations
 
-from .schemas import ErrorBody, ErrorResponse, FieldError
+from typing import Any, Iterable
+
+from .schemas import LEGACY_FIELD_HINTS, ErrorBody, ErrorResponse, FieldError
 
 
 class ServiceError(Exception):
@@ -32,6 +34,25 @@ class InvalidRequest(ServiceError):
     @classmethod
     def for_field(cls, field: str, message: str) -> InvalidRequest:
         return cls(f"{field}: {message}", [FieldError(field=field, message=message)])
+
+    @classmethod
+    def from_validation(cls, errors: Iterable[dict[str, Any]]) -> InvalidRequest:
+        """From pydantic's (or FastAPI's) error list: each field named, with a reason for humans."""
+        fields = [FieldError(field=_field_name(error), message=_explain(error)) for error in errors]
+        return cls("; ".join(f"{field.field}: {field.message}" for field in fields), fields)
+
+
+def _field_name(error: dict[str, Any]) -> str:
+    if error["type"] == "json_invalid":
+        return "body"
+    parts = [str(part) for part in error["loc"] if part not in ("body", "query", "path")]
+    return ".".join(parts) or "body"
+
+
+def _explain(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return LEGACY_FIELD_HINTS.get(_field_name(error), "unknown field; the request schema is at /docs")
+    return error["msg"].removeprefix("Value error, ")
 
 
 class Unauthorized(ServiceError):

@@ -21,6 +21,8 @@ from .schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInf
 from .storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageError
 
 JOB_EVENTS_KEEPALIVE_S = 15.0
+JOB_STATUS_TIMEOUT_S = 5.0
+"""How long a status read waits for the coordinator before answering from the store instead."""
 
 
 class GeneratorClient(Protocol):
@@ -79,17 +81,25 @@ class Frontend:
     def _is_job_key(self, key: str) -> bool:
         return key.split("/", 1)[0] == self.jobs_prefix
 
-    async def generate(self, request: GenerateRequest) -> GenerateResponse:
-        model = request.model or self.planner.default_model
+    def _planned(self, route: str, request: GenerateRequest) -> GenerationPlan:
         try:
-            response = await self.generator.generate(self.plan(request))
+            return self.plan(request)
         except ServiceError as exc:
-            self.metrics.request_finished("/generate", exc.status, model, request.preset)
+            # Label with what was resolved, never with client strings (each would be a new series).
+            self.metrics.request_finished(route, exc.status, "invalid", "invalid")
+            raise
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        plan = self._planned("/generate", request)
+        try:
+            response = await self.generator.generate(plan)
+        except ServiceError as exc:
+            self.metrics.request_finished("/generate", exc.status, plan.params.model, plan.preset)
             raise
         except Exception:
-            self.metrics.request_finished("/generate", 500, model, request.preset)
+            self.metrics.request_finished("/generate", 500, plan.params.model, plan.preset)
             raise
-        self.metrics.request_finished("/generate", 200, model, request.preset)
+        self.metrics.request_finished("/generate", 200, plan.params.model, plan.preset)
         return response
 
     def presets(self) -> list[PresetInfo]:
@@ -141,20 +151,20 @@ class Frontend:
         return self.jobs
 
     async def submit_job(self, request: JobRequest) -> JobStatus:
-        model = request.model or self.planner.default_model
+        plan = self._planned("/jobs", request)
         try:
-            status = await self._jobs().submit(self.plan(request), request.webhook_url)
+            status = await self._jobs().submit(plan, request.webhook_url)
         except ServiceError as exc:
-            self.metrics.request_finished("/jobs", exc.status, model, request.preset)
+            self.metrics.request_finished("/jobs", exc.status, plan.params.model, plan.preset)
             raise
-        self.metrics.request_finished("/jobs", 202, model, request.preset)
+        self.metrics.request_finished("/jobs", 202, plan.params.model, plan.preset)
         return status
 
     async def job(self, job_id: str) -> JobStatus:
         try:
-            return await self._jobs().status(job_id)
-        except Unavailable:
-            # The coordinator is restarting: its last recorded state is still an answer.
+            return await asyncio.wait_for(self._jobs().status(job_id), JOB_STATUS_TIMEOUT_S)
+        except (Unavailable, asyncio.TimeoutError):
+            # The coordinator is restarting or swamped: its last recorded state is still an answer.
             try:
                 return (await asyncio.to_thread(self.job_records.load, job_id)).status
             except StorageError:

@@ -83,3 +83,18 @@ def test_api_keys_when_configured(tmp_path, monkeypatch):
 def test_wrong_json_shapes_are_422(tmp_path, body):
     response = client_for(RuntimeError("unused"), tmp_path).post("/generate", json=body)
     assert response.status_code == 422 and response.json()["error"]["fields"]
+
+
+def test_handle_callers_get_the_same_field_errors_as_http():
+    from deployments.ingress import validated
+    from serve_app.jobs import JobRequest
+    from serve_app.schemas import GenerateRequest
+
+    with pytest.raises(InvalidRequest) as caught:
+        validated(GenerateRequest, {"prompt": "x", "infer_step": 0, "save_path": "/tmp/x"})
+    assert caught.value.status == 422
+    assert {field.field for field in caught.value.fields} == {"infer_step", "save_path"}
+    with pytest.raises(InvalidRequest) as caught:
+        validated(JobRequest, {"prompt": "x", "webhook_url": "ftp://example.com/"})
+    assert [field.field for field in caught.value.fields] == ["webhook_url"]
+    assert validated(GenerateRequest, {"prompt": "x"}).prompt == "x"

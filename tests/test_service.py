@@ -207,6 +207,9 @@ def test_python_handle_api(base_url):
     with pytest.raises(InvalidRequest) as caught:
         handle.generate.remote(GenerateRequest(prompt="x", preset="loud")).result(timeout_s=60)
     assert caught.value.status == 422 and "balanced" in caught.value.message
+    with pytest.raises(InvalidRequest) as caught:
+        handle.generate.remote({"prompt": "x", "infer_step": 0}).result(timeout_s=60)
+    assert [field.field for field in caught.value.fields] == ["infer_step"]
 
 
 def test_metrics_reach_the_prometheus_endpoint(client):

@@ -52,7 +52,12 @@ def write_tiny_checkpoint(model_name: str, path: Path) -> Path:
             return path  # another writer finished first
         if path.exists():
             shutil.rmtree(path)
-        os.replace(staging, path)
+        try:
+            os.replace(staging, path)
+        except OSError:
+            # Another writer (a replica starting beside this one) got there in between.
+            if not family.is_complete_checkpoint(path):
+                raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
