@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..checkpoint_files import has_weights, weight_files
+
 if TYPE_CHECKING:
     import torch
 
@@ -36,30 +38,16 @@ _TEXT_ENCODER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # ------------------------------------------------------------------ completeness
 
 
-def _weight_files(folder: Path, name: str) -> list[Path] | None:
-    """The files holding ``name`` (single file or the shards its index names); ``None`` if any is missing."""
-    index = folder / f"{name}.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-        files = [folder / shard for shard in shards]
-        return files if files and all(file.is_file() for file in files) else None
-    single = folder / name
-    return [single] if single.is_file() else None
-
-
 def _transformer_complete(folder: Path) -> bool:
-    return (folder / CONFIG_NAME).is_file() and _weight_files(folder, TRANSFORMER_WEIGHTS) is not None
+    return (folder / CONFIG_NAME).is_file() and weight_files(folder, TRANSFORMER_WEIGHTS) is not None
 
 
 def _text_encoder_complete(folder: Path) -> bool:
-    has_weights = any(_weight_files(folder, name) for name in _TEXT_ENCODER_WEIGHTS)
+    weights = has_weights(folder, _TEXT_ENCODER_WEIGHTS)
     has_tokenizer = (folder / "tokenizer_config.json").is_file() and any(
         (folder / name).is_file() for name in _TOKENIZER_VOCABS
     )
-    return (folder / CONFIG_NAME).is_file() and has_weights and has_tokenizer
+    return (folder / CONFIG_NAME).is_file() and weights and has_tokenizer
 
 
 def is_complete_checkpoint(path: Path) -> bool:
@@ -120,7 +108,7 @@ def load_transformer(path: Path, *, device: torch.device, dtype: torch.dtype) ->
     from .transformer import AceStepTransformer, TransformerConfig
 
     folder = Path(path) / TRANSFORMER_FOLDER
-    files = _weight_files(folder, TRANSFORMER_WEIGHTS)
+    files = weight_files(folder, TRANSFORMER_WEIGHTS)
     if not (folder / CONFIG_NAME).is_file() or files is None:
         raise FileNotFoundError(f"{folder} needs {CONFIG_NAME} and {TRANSFORMER_WEIGHTS} (or its shards)")
     config = TransformerConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))

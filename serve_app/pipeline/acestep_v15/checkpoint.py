@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..checkpoint_files import has_weights
 from . import configs
 
 MODEL_INDEX = "model_index.json"
@@ -14,7 +15,6 @@ _CONFIG_FILES = {
     "tokenizer": ("tokenizer_config.json",),
     "scheduler": ("scheduler_config.json",),
 }
-_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
 def _components(path: Path) -> dict[str, tuple[str, str]]:
@@ -29,18 +29,6 @@ def _components(path: Path) -> dict[str, tuple[str, str]]:
     return found
 
 
-def _weights_complete(folder: Path) -> bool:
-    for index_file in folder.glob("*.index.json"):
-        try:
-            shards = set(json.loads(index_file.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-        if shards and all((folder / shard).is_file() for shard in shards):
-            return True
-        return False
-    return any(item.is_file() and item.name.endswith(_WEIGHT_SUFFIXES) for item in folder.iterdir())
-
-
 def _component_complete(folder: Path, name: str, class_name: str) -> bool:
     if not folder.is_dir():
         return False
@@ -49,7 +37,7 @@ def _component_complete(folder: Path, name: str, class_name: str) -> bool:
         return (folder / "tokenizer_config.json").is_file() and has_vocab
     if name == "scheduler" or "Scheduler" in class_name:
         return (folder / "scheduler_config.json").is_file()
-    return (folder / "config.json").is_file() and _weights_complete(folder)
+    return (folder / "config.json").is_file() and has_weights(folder)
 
 
 def is_complete_checkpoint(path: Path) -> bool:
