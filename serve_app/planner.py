@@ -19,6 +19,7 @@ from .pipeline.registry import CATALOG, ModelSpec
 from .pipeline.settings import (
     ACESTEP_DEFAULTS,
     GenerationParams,
+    GuidanceWindow,
     SettingsError,
     check_supported,
     is_guided,
@@ -166,9 +167,16 @@ def inert_parameter_warnings(params: GenerationParams, given: Mapping[str, Any])
     that changing a field named here really leaves the audio unchanged.
     """
     notes: dict[str, str] = {}
+    steps = params.batch_settings().scheduled_steps
+    window = GuidanceWindow(steps, params.guidance_interval)
     if not is_guided(params.guidance_scale):
         for name in GUIDANCE_FIELDS:
             notes[name] = "has no effect: guidance is off because guidance_scale is 0 or 1"
+    elif len(window) == 0:
+        empty = f"guidance_interval {params.guidance_interval:g} of {steps} scheduled steps is an empty window"
+        notes["guidance_interval"] = f"turns guidance off: no step is guided ({empty})"
+        for name in ("guidance_scale", *GUIDANCE_FIELDS):
+            notes.setdefault(name, f"has no effect: no step is guided ({empty})")
     elif uses_double_guidance(params.guidance_scale_text, params.guidance_scale_lyric):
         replaced = "has no effect: double-condition guidance (guidance_scale_text and guidance_scale_lyric both above 1)"
         notes["guidance_scale"] = f"{replaced} sets the strengths; guidance_scale only switches guidance on"
@@ -179,6 +187,9 @@ def inert_parameter_warnings(params: GenerationParams, given: Mapping[str, Any])
             notes[name] = (
                 "has no effect: double-condition guidance needs both guidance_scale_text and guidance_scale_lyric above 1"
             )
+    if len(window) == 1:
+        for name in ("guidance_interval_decay", "min_guidance_scale"):
+            notes.setdefault(name, "has no effect: the guidance window holds one step, so the scale cannot decay")
     if params.guidance_interval_decay == 0:
         notes.setdefault("min_guidance_scale", "has no effect while guidance_interval_decay is 0")
     if params.use_erg_tag and not params.use_erg_lyric:

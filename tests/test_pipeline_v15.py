@@ -18,6 +18,9 @@ import torch
 from serve_app.pipeline.pipeline import MusicPipeline
 from serve_app.pipeline.registry import get_spec
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams, ItemSettings
+from serve_app.planner import Planner
+from serve_app.presets import PresetBook
+from serve_app.schemas import GenerateRequest
 
 NAME = "acestep-v15-tiny"
 SAMPLE_RATE = 48000
@@ -94,3 +97,21 @@ def test_an_item_sounds_the_same_alone_and_inside_a_larger_batch(pipeline):
         [alone] = pipeline(settings, [item]).items
         torch.testing.assert_close(output.waveform, alone.waveform, rtol=0, atol=SAME)
     assert _max_diff(batch[0].waveform, batch[1].waveform) > DIFFERENT
+
+
+def test_with_no_guided_step_the_warned_guidance_fields_change_nothing(pipeline):
+    """guidance_interval 0 leaves an empty window: the planner warns, and the audio agrees."""
+    planner = Planner(PresetBook.load(), served_models=[NAME], default_model=NAME)
+
+    def generate(**fields) -> tuple[torch.Tensor, set[str]]:
+        request = GenerateRequest(
+            prompt="lofi", audio_duration=1.4, infer_step=4, guidance_interval=0.0, actual_seeds=[7], bf16=False, **fields
+        )
+        plan = planner.plan(request, "empty-window")
+        [item] = pipeline(plan.params.batch_settings(), plan.params.items()).items
+        return item.waveform, {warning.field for warning in plan.warnings}
+
+    guided, _ = generate(guidance_scale=3.0)
+    changed, warned = generate(guidance_scale=9.0, cfg_type="cfg", guidance_scale_text=3.0, guidance_scale_lyric=2.0)
+    assert {"guidance_scale", "cfg_type", "guidance_scale_text", "guidance_scale_lyric"} <= warned
+    assert torch.equal(guided, changed)

@@ -190,6 +190,43 @@ def test_inert_parameters_are_reported_only_when_the_client_set_them(planner):
     assert warned(planner, oss_steps=[2, 6], infer_step=60) == {"infer_step"}
 
 
+EVERY_GUIDANCE_FIELD = {
+    "guidance_scale": 9.0,
+    "cfg_type": "cfg",
+    "guidance_interval_decay": 0.5,
+    "min_guidance_scale": 5.0,
+    "guidance_scale_text": 3.0,
+    "guidance_scale_lyric": 2.0,
+    **ALL_ERG,
+}
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        {"infer_step": 1},  # a window of int(1 * 0.75) - int(1 * 0.25) = 0 steps
+        {"guidance_interval": 0.0, "infer_step": 60},
+        {"oss_steps": [10], "infer_step": 10},  # one scheduled sigma out of a 10-step schedule
+        {"scheduler_type": "heun", "infer_step": 1},
+    ],
+)
+def test_guidance_fields_are_inert_when_no_step_is_guided(planner, steps):
+    fields = {**EVERY_GUIDANCE_FIELD, **steps}
+    expected = set(EVERY_GUIDANCE_FIELD) | ({"guidance_interval"} if "guidance_interval" in steps else set())
+    assert warned(planner, **fields) == expected
+    message = {w.field: w.message for w in plan(planner, **fields).warnings}["guidance_scale"]
+    assert "no step is guided" in message
+
+
+def test_decay_is_inert_when_one_step_is_guided(planner):
+    one_step = {"infer_step": 2, "guidance_interval": 0.5}  # steps int(0.5) = 0 to int(1.5) = 1
+    assert warned(planner, **one_step, guidance_interval_decay=0.5, min_guidance_scale=5.0) == {
+        "guidance_interval_decay",
+        "min_guidance_scale",
+    }
+    assert warned(planner, infer_step=4, guidance_interval=0.5, guidance_interval_decay=0.5) == set()
+
+
 def test_every_request_parameter_is_a_generation_parameter_or_an_output_option():
     resolved = set(GenerationParams.model_fields)
     output_options = {"format", "mp3_bitrate_kbps", "sample_rate", "output_name", "output_path"}

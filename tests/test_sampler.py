@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from serve_app.pipeline.guidance import ApgGuidance, GuidanceWindow, cfg, cfg_star, double_condition
+from serve_app.pipeline.guidance import ApgGuidance, cfg, cfg_star, double_condition
 from serve_app.pipeline.pipeline import NON_FINITE_MESSAGE, MusicPipeline
 from serve_app.pipeline.sampler import Sampler
 from serve_app.pipeline.schedules import AceStepV15Schedule, AceStepV1Schedule
-from serve_app.pipeline.settings import BatchSettings, ItemSettings
+from serve_app.pipeline.settings import BatchSettings, GuidanceWindow, ItemSettings
 from serve_app.pipeline.steppers import EulerStepper, HeunStepper, PingPongStepper, omega_gain
 
 from .fake_model import FakeModel

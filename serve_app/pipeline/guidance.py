@@ -1,9 +1,10 @@
 """Classifier-free guidance as ACE-Step v1 defines it.
 
-Which steps are guided and with what scale (``GuidanceWindow``), and how the
-conditional, unconditional and text-only predictions are combined (cfg, apg,
-cfg_star, double-condition). Per-item scales are tensors shaped for
-broadcasting against the batch, so items with different scales share a batch.
+How the conditional, unconditional and text-only predictions are combined
+(cfg, apg, cfg_star, double-condition). Which steps are guided and with what
+scale (``GuidanceWindow``) lives in ``settings``, so the ingress can tell
+without torch. Per-item scales are tensors shaped for broadcasting against the
+batch, so items with different scales share a batch.
 """
 
 from __future__ import annotations
@@ -16,40 +17,6 @@ APG_MOMENTUM = -0.75
 APG_NORM_THRESHOLD = 2.5
 APG_ETA = 0.0
 CFG_STAR_ZERO_STEPS = 1
-
-
-class GuidanceWindow:
-    """The contiguous block of steps, centred on the trajectory, that is guided.
-
-    ``guidance_interval`` is the fraction of the ``num_steps`` evaluations that
-    get guidance; inside it the scale decays linearly from ``guidance_scale``
-    toward ``min_guidance_scale`` by ``guidance_interval_decay``.
-    """
-
-    def __init__(self, num_steps: int, guidance_interval: float) -> None:
-        self.start = int(num_steps * ((1 - guidance_interval) / 2))
-        self.end = int(num_steps * (guidance_interval / 2 + 0.5))
-
-    def __contains__(self, step: int) -> bool:
-        return self.start <= step < self.end
-
-    def progress(self, step: int) -> float:
-        """0 at the first guided step, 1 at the last.
-
-        A one-step window has no span to decay over; ACE-Step divides by zero
-        there, we keep the full scale.
-        """
-        span = self.end - self.start - 1
-        return (step - self.start) / span if span > 0 else 0.0
-
-    def scale(
-        self,
-        step: int,
-        guidance_scale: torch.Tensor,
-        min_guidance_scale: torch.Tensor,
-        decay: torch.Tensor,
-    ) -> torch.Tensor:
-        return guidance_scale - (guidance_scale - min_guidance_scale) * self.progress(step) * decay
 
 
 def per_item(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:

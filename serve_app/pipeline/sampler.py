@@ -13,9 +13,9 @@ from typing import Callable, Collection, Sequence
 
 import torch
 
-from .guidance import ApgGuidance, GuidanceWindow, cfg, cfg_star, double_condition, per_item
+from .guidance import ApgGuidance, cfg, cfg_star, double_condition, per_item
 from .model import Branch, Conditioning, ErgFlags, MusicModel
-from .settings import BatchSettings, ItemSettings
+from .settings import BatchSettings, GuidanceWindow, ItemSettings
 from .steppers import STEPPERS, omega_gain
 
 StepCallback = Callable[[int, int, Sequence[int]], Collection[int] | None]

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    import torch
+
     from .registry import ModelSpec
 
 SchedulerType = Literal["euler", "heun", "pingpong"]
@@ -73,6 +75,43 @@ def uses_double_guidance(guidance_scale_text: float, guidance_scale_lyric: float
     return guidance_scale_text > 1.0 and guidance_scale_lyric > 1.0
 
 
+class GuidanceWindow:
+    """The contiguous block of steps, centred on the trajectory, that is guided.
+
+    ``guidance_interval`` is the fraction of the ``num_steps`` evaluations that
+    get guidance; inside it the scale decays linearly from ``guidance_scale``
+    toward ``min_guidance_scale`` by ``guidance_interval_decay``.
+    """
+
+    def __init__(self, num_steps: int, guidance_interval: float) -> None:
+        self.start = int(num_steps * ((1 - guidance_interval) / 2))
+        self.end = int(num_steps * (guidance_interval / 2 + 0.5))
+
+    def __contains__(self, step: int) -> bool:
+        return self.start <= step < self.end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def progress(self, step: int) -> float:
+        """0 at the first guided step, 1 at the last.
+
+        A one-step window has no span to decay over; ACE-Step divides by zero
+        there, we keep the full scale.
+        """
+        span = self.end - self.start - 1
+        return (step - self.start) / span if span > 0 else 0.0
+
+    def scale(
+        self,
+        step: int,
+        guidance_scale: torch.Tensor,
+        min_guidance_scale: torch.Tensor,
+        decay: torch.Tensor,
+    ) -> torch.Tensor:
+        return guidance_scale - (guidance_scale - min_guidance_scale) * self.progress(step) * decay
+
+
 @dataclass(frozen=True)
 class BatchSettings:
     """Everything that fixes tensor shapes or the sequence of forward passes.
@@ -96,9 +135,14 @@ class BatchSettings:
     torch_compile: bool
 
     @property
+    def scheduled_steps(self) -> int:
+        """Sigmas of the schedule: what the guidance window is sized by, for every scheduler."""
+        return len(self.oss_steps) or self.infer_step
+
+    @property
     def total_steps(self) -> int:
         """Denoiser evaluations of one run: heun evaluates every interval but the last twice."""
-        steps = len(self.oss_steps) or self.infer_step
+        steps = self.scheduled_steps
         return 2 * steps - 1 if self.scheduler_type == "heun" else steps
 
 
