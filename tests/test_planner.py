@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
 from serve_app.planner import Planner, PlanningError
@@ -161,6 +162,18 @@ def test_output_options(planner):
     assert plan(planner, output_path="albums/summer/track").output.name == "albums/summer/track"
     assert plan(planner, output_name="song.MP3", format="mp3").output.name == "song.MP3"
     assert "format is mp3" in refused(planner, output_name="song.wav", format="mp3").message
+
+
+def invalid_field(**fields) -> str:
+    """The field a request body fails validation on, as the API's 422 names it."""
+    with pytest.raises(ValidationError) as caught:
+        GenerateRequest(**{"prompt": "synthwave, 120 bpm", **fields})
+    return str(caught.value.errors()[0]["loc"][0])
+
+
+def test_oss_steps_beyond_the_step_limit_name_oss_steps():
+    assert invalid_field(oss_steps=[2, 500]) == "oss_steps"
+    assert GenerateRequest(prompt="x", oss_steps=[2, 200]).oss_steps == [2, 200]
 
 
 def test_oss_steps_set_infer_step(planner):

@@ -23,7 +23,8 @@ SchedulerType = Literal["euler", "heun", "pingpong"]
 CfgType = Literal["apg", "cfg", "cfg_star"]
 
 # Ranges follow the ACE-Step v1 UI's controls (acestep/ui/components.py).
-InferStep = Annotated[int, Field(ge=1, le=200, description="Diffusion steps.")]
+MAX_INFER_STEP = 200
+InferStep = Annotated[int, Field(ge=1, le=MAX_INFER_STEP, description="Diffusion steps.")]
 GuidanceScale = Annotated[
     float, Field(ge=0.0, le=30.0, description="Classifier-free guidance scale; 0 or 1 disables guidance.")
 ]
@@ -37,7 +38,8 @@ OmegaScale = Annotated[
 UnitInterval = Annotated[float, Field(ge=0.0, le=1.0)]
 MinGuidanceScale = Annotated[float, Field(ge=0.0, le=200.0)]
 Seed = Annotated[int, Field(ge=0, lt=2**32, description="Seed of one output; each seed is one batch item.")]
-OssStep = Annotated[int, Field(ge=1, le=1000)]
+# oss_steps index a max(oss_steps)-step schedule, so they share infer_step's limit.
+OssStep = Annotated[int, Field(ge=1, le=MAX_INFER_STEP)]
 
 MAX_SEEDS_PER_REQUEST = 8
 
