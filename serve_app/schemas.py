@@ -30,6 +30,8 @@ from .pipeline.settings import (
 
 OutputSampleRate = Literal[48000, 44100, 32000, 24000, 22050, 16000]
 MAX_PROMPT_CHARS = 2000
+MAX_NAME_CHARS = 64
+"""Model and preset names: echoed in error messages and used as metric tags."""
 MAX_LYRICS_CHARS = 10000
 
 # Fields of ACE-Step's reference servers that a server must not take from clients.
@@ -73,8 +75,10 @@ class GenerateRequest(BaseModel):
         },
     )
 
-    preset: str | None = Field(default=None, description="A preset from GET /presets; request fields override it.")
-    model: str | None = Field(default=None, description="A served model from GET /models.")
+    preset: str | None = Field(
+        default=None, max_length=MAX_NAME_CHARS, description="A preset from GET /presets; request fields override it."
+    )
+    model: str | None = Field(default=None, max_length=MAX_NAME_CHARS, description="A served model from GET /models.")
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Tags / style description.")
     lyrics: str | None = Field(default=None, max_length=MAX_LYRICS_CHARS, description="Lyrics; empty for instrumental.")
     audio_duration: float | None = Field(default=None, gt=0.0, description="Seconds of audio per output.")

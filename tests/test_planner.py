@@ -176,6 +176,11 @@ def test_oss_steps_beyond_the_step_limit_name_oss_steps():
     assert GenerateRequest(prompt="x", oss_steps=[2, 200]).oss_steps == [2, 200]
 
 
+def test_model_and_preset_names_are_bounded():
+    assert invalid_field(model="m" * 65) == "model"
+    assert invalid_field(preset="p" * 65) == "preset"
+
+
 def test_oss_steps_set_infer_step(planner):
     resolved = plan(planner, oss_steps=[1, 4, 9]).params
     assert resolved.infer_step == 9 and resolved.oss_steps == (1, 4, 9)
