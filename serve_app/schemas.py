@@ -122,6 +122,13 @@ class GenerateRequest(BaseModel):
         description="Legacy field of ACE-Step's API server; mapped to output_name by the same rules.",
     )
 
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt is blank; describe the music (genre, instruments, mood)")
+        return value
+
     @field_validator("actual_seeds", mode="before")
     @classmethod
     def _seeds_from_int_or_string(cls, value: Any) -> Any:

@@ -181,6 +181,11 @@ def test_model_and_preset_names_are_bounded():
     assert invalid_field(preset="p" * 65) == "preset"
 
 
+def test_a_blank_prompt_is_refused():
+    assert invalid_field(prompt=" \n\t ") == "prompt"
+    assert GenerateRequest(prompt=" lofi ").prompt == " lofi "
+
+
 def test_oss_steps_set_infer_step(planner):
     resolved = plan(planner, oss_steps=[1, 4, 9]).params
     assert resolved.infer_step == 9 and resolved.oss_steps == (1, 4, 9)
