@@ -6,11 +6,15 @@ Start the service first, then point this at it:
     python benchmarks/bench_serve.py --concurrency 1 4 8
 
 Each concurrency level runs a closed loop: exactly C clients, each sending its
-next POST /generate as soon as its previous one answered, until the level's
+next request as soon as its previous one answered, until the level's
 requests are done. Every request has its own seed; all of them share one
 batch key unless ``--durations`` lists several (requests cycle through them,
 and items of different durations never share a batch). Mean batch size is
 read from the responses' ``outputs[].batch_size``.
+
+``--api generate jobs`` measures both paths side by side in one run: a request
+is either one POST /generate, or a POST /jobs followed by its server-sent
+events until the job ends (latency is submit to final event).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import httpx
 
 @dataclass
 class LevelResult:
+    api: str
     concurrency: int
     requests: int
     errors: int
@@ -48,7 +53,31 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
-def run_level(client: httpx.Client, body: dict, durations: list[float], concurrency: int, requests: int, seeds) -> LevelResult:
+def generate(client: httpx.Client, request: dict) -> dict | None:
+    """The generate response body, or None on an error."""
+    response = client.post("/generate", json=request)
+    return response.json() if response.status_code == 200 else None
+
+
+def generate_as_job(client: httpx.Client, request: dict) -> dict | None:
+    """Submit a job and follow its events to the end; its result, or None unless it succeeded."""
+    accepted = client.post("/jobs", json=request)
+    if accepted.status_code != 202:
+        return None
+    final = None
+    with client.stream("GET", accepted.json()["events_url"]) as events:
+        for line in events.iter_lines():
+            if line.startswith("data: "):
+                final = json.loads(line[len("data: "):])
+    return final["result"] if final and final["status"] == "succeeded" else None
+
+
+APIS = {"generate": generate, "jobs": generate_as_job}
+
+
+def run_level(
+    client: httpx.Client, api: str, body: dict, durations: list[float], concurrency: int, requests: int, seeds
+) -> LevelResult:
     lock = threading.Lock()
     latencies: list[float] = []
     batch_sizes: list[int] = []
@@ -66,14 +95,14 @@ def run_level(client: httpx.Client, body: dict, durations: list[float], concurre
                 return
             request = {**body, "audio_duration": durations[index % len(durations)], "actual_seeds": [seed]}
             started = time.perf_counter()
-            response = client.post("/generate", json=request)
+            result = APIS[api](client, request)
             elapsed = time.perf_counter() - started
             with lock:
-                if response.status_code != 200:
+                if result is None:
                     errors += 1
                     continue
                 latencies.append(elapsed)
-                for output in response.json()["outputs"]:
+                for output in result["outputs"]:
                     batch_sizes.append(output["batch_size"])
                     audio_s += output["duration"]
 
@@ -85,6 +114,7 @@ def run_level(client: httpx.Client, body: dict, durations: list[float], concurre
     if not latencies:
         raise SystemExit(f"every request failed at concurrency {concurrency}")
     return LevelResult(
+        api=api,
         concurrency=concurrency,
         requests=len(latencies),
         errors=errors,
@@ -106,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="draft")
     parser.add_argument("--infer-step", type=int, default=None, help="override the preset's steps")
     parser.add_argument("--format", default="wav")
+    parser.add_argument("--api", nargs="+", choices=sorted(APIS), default=["generate"], help="request paths to measure")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     args = parser.parse_args(argv)
 
@@ -120,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.url}/health answered {health.status_code}: {health.text}", file=sys.stderr)
             return 1
         # Warm-up: the first request of a new shape pays for lazy initialisation.
-        run_level(client, body, args.durations, 1, len(args.durations), seeds)
+        run_level(client, "generate", body, args.durations, 1, len(args.durations), seeds)
         results = [
-            run_level(client, body, args.durations, concurrency, args.requests, seeds) for concurrency in args.concurrency
+            run_level(client, api, body, args.durations, concurrency, args.requests, seeds)
+            for concurrency in args.concurrency
+            for api in args.api
         ]
 
     if args.json:
@@ -130,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(asdict(result)))
         return 0
     print(f"preset {args.preset}, durations {args.durations} s, {args.requests} requests per level, {args.url}")
-    print("| concurrency | requests | errors | req/s | p50 s | p99 s | mean batch size | audio s per s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| api | concurrency | requests | errors | req/s | p50 s | p99 s | mean batch size | audio s per s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(
-            f"| {r.concurrency} | {r.requests} | {r.errors} | {r.requests_per_s:.2f} | {r.p50_s:.2f} | "
+            f"| {r.api} | {r.concurrency} | {r.requests} | {r.errors} | {r.requests_per_s:.2f} | {r.p50_s:.2f} | "
             f"{r.p99_s:.2f} | {r.mean_batch_size:.2f} | {r.audio_s_per_s:.1f} |"
         )
     return 0

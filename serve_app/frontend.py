@@ -113,8 +113,10 @@ class Frontend:
                 family=spec.family,
                 description=spec.description,
                 repo_id=spec.repo_id,
+                min_duration_s=spec.min_duration_s,
                 max_duration_s=spec.max_duration_s,
                 supported_erg=sorted(spec.supported_erg),
+                guidance_distilled=spec.guidance_distilled,
                 defaults=dict(spec.defaults),
                 served=spec.name in served,
             )

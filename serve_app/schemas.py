@@ -234,7 +234,10 @@ class ModelInfo(BaseModel):
     family: str
     description: str
     repo_id: str | None
+    min_duration_s: float
     max_duration_s: float
     supported_erg: list[str]
+    guidance_distilled: bool
+    """Samples without guidance: ``guidance_scale`` must be 0 or 1."""
     defaults: dict[str, Any]
     served: bool

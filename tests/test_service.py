@@ -189,6 +189,9 @@ def test_catalog_and_health(client):
     assert {preset["name"] for preset in client.get("/presets").json()} >= {"balanced", "freestyle", "precision"}
     models = {model["name"]: model for model in client.get("/models").json()}
     assert models[TEST_MODEL]["served"] and not models["ace-step-v1-3.5b"]["served"]
+    turbo = models["acestep-v15-xl-turbo"]
+    assert turbo["guidance_distilled"] and turbo["defaults"]["guidance_scale"] == 1.0
+    assert models[TEST_MODEL]["min_duration_s"] == 1.0 and models[TEST_MODEL]["max_duration_s"] == 240.0
     health = client.get("/health")
     assert health.status_code == 200 and health.json()["generator"] == "ready"
 
