@@ -135,7 +135,7 @@ def test_jobs_rise_monotonically_to_done_and_return_the_generate_result(client):
 
 
 def test_server_sent_events_stream_the_progress_until_the_end(client):
-    job = submit(client, actual_seeds=[11])
+    job = submit(client, actual_seeds=[11], infer_step=100)  # long enough to be seen running
     events = []
     with client.stream("GET", job["events_url"]) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")

@@ -57,6 +57,8 @@ class CoordinatorConfig:
     max_attempts: int = 2
     persist_interval_s: float = 1.0
     """Progress is written to the store at most this often per job; state changes at once."""
+    watch_interval_s: float = 0.25
+    """A watcher hears of progress at most this often (each step would be a call per watcher); the end at once."""
     retained_jobs: int = 10_000
     """Finished jobs kept in memory; older ones are read back from the store."""
     finish_write_attempts: int = 5
@@ -84,6 +86,9 @@ class _Job:
         self.last_step_at: float | None = None
         self.follow_up: asyncio.Task | None = None
         self.finishing = False
+        self.ended = asyncio.Event()
+        if record.status.finished:
+            self.ended.set()
 
     def touch(self) -> None:
         self.version += 1
@@ -192,6 +197,7 @@ class JobCoordinator:
         if job.version <= version:
             try:
                 await asyncio.wait_for(job.changed.wait(), timeout_s)
+                await asyncio.wait_for(job.ended.wait(), self.config.watch_interval_s)
             except asyncio.TimeoutError:
                 pass
         return job.version, self._public(job)
@@ -353,6 +359,7 @@ class JobCoordinator:
         durable = await self._persist(job, attempts=self.config.finish_write_attempts, status=status)
         job.status = status
         self._waiting.pop(status.job_id, None)
+        job.ended.set()
         job.touch()
         # Webhook retries take seconds: they must not hold a slot or a DELETE.
         job.follow_up = self._in_background(self._after_finish(job, durable))
