@@ -4,12 +4,9 @@ Generation goes through ``MusicPipeline`` exactly as in the service: 48 kHz
 stereo of the requested length for every scheduler, guidance type and ERG
 switch; seeds reproduce; items do not depend on their batch-mates.
 
-Tolerances. A row's conditioning is computed alone, so it is bit-identical in
-any batch. The denoiser then runs rows together, and the CPU's matmul and conv
-kernels may split a reduction differently for a different batch size, so a row
-differs from its solo run only by float32 rounding: about 1e-7 on audio that
-peaks near 0.1. ``SAME`` (1e-5) allows for that; settings that should change
-the audio must change it by more than ``DIFFERENT`` (1e-4), well above it.
+Tolerances (``tests/generation.py``): a row's conditioning is computed alone,
+so it is bit-identical in any batch; only the denoiser's batched kernels round
+differently, which ``SAME`` allows for.
 """
 
 from __future__ import annotations
@@ -28,10 +25,10 @@ from serve_app.pipeline.model import Branch, ErgFlags
 from serve_app.pipeline.pipeline import MusicPipeline
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams, ItemSettings
 
+from .generation import DIFFERENT, SAME, generate_waveform, max_diff
+
 NAME = "ace-step-v1-tiny"
 SAMPLE_RATE = 48000
-SAME = 1e-5
-DIFFERENT = 1e-4
 ALL_BRANCHES = [Branch.COND, Branch.UNCOND, Branch.TEXT_ONLY]
 ALL_ERG = ErgFlags(tag=True, lyric=True, diffusion=True)
 PROMPT = "lofi hip hop, mellow piano"
@@ -70,14 +67,7 @@ def _params(**overrides) -> GenerationParams:
 
 
 def _generate(pipeline, **overrides) -> torch.Tensor:
-    params = _params(**overrides)
-    [item] = pipeline(params.batch_settings(), params.items()).items
-    assert item.error is None and not item.cancelled
-    return item.waveform
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
+    return generate_waveform(pipeline, _params(**overrides))
 
 
 def _noise(model, rows: int, duration: float, seed: int = 0) -> torch.Tensor:
@@ -150,7 +140,7 @@ def test_every_scheduler_and_guidance_type_gives_its_own_audio(pipeline):
         assert torch.isfinite(audio).all() and audio.abs().amax() > 0
         outputs[scheduler, cfg_type] = audio
     for (first, a), (second, b) in itertools.combinations(outputs.items(), 2):
-        assert _max_diff(a, b) > DIFFERENT, (first, second)
+        assert max_diff(a, b) > DIFFERENT, (first, second)
 
 
 def test_each_erg_switch_changes_the_audio(pipeline):
@@ -158,9 +148,9 @@ def test_each_erg_switch_changes_the_audio(pipeline):
     for flag in ("use_erg_tag", "use_erg_lyric", "use_erg_diffusion"):
         audio = _generate(pipeline, **{flag: False})
         assert audio.shape == all_on.shape and torch.isfinite(audio).all()
-        assert _max_diff(audio, all_on) > DIFFERENT, flag
+        assert max_diff(audio, all_on) > DIFFERENT, flag
     all_off = _generate(pipeline, use_erg_tag=False, use_erg_lyric=False, use_erg_diffusion=False)
-    assert _max_diff(all_off, all_on) > DIFFERENT
+    assert max_diff(all_off, all_on) > DIFFERENT
 
 
 def test_erg_tag_acts_only_through_erg_lyric(pipeline):
@@ -174,7 +164,7 @@ def test_double_guidance(pipeline):
     single = _generate(pipeline)
     double = _generate(pipeline, guidance_scale_text=5.0, guidance_scale_lyric=2.5)
     assert double.shape == single.shape and torch.isfinite(double).all()
-    assert _max_diff(double, single) > DIFFERENT
+    assert max_diff(double, single) > DIFFERENT
 
 
 @pytest.mark.parametrize("duration", [1.0, 2.7])
@@ -185,7 +175,7 @@ def test_exact_duration(pipeline, duration):
 def test_seeds(pipeline):
     first = _generate(pipeline, actual_seeds=(42,))
     assert torch.equal(first, _generate(pipeline, actual_seeds=(42,)))
-    assert _max_diff(first, _generate(pipeline, actual_seeds=(43,))) > DIFFERENT
+    assert max_diff(first, _generate(pipeline, actual_seeds=(43,))) > DIFFERENT
 
 
 def test_bfloat16_variant_generates(pipeline):
@@ -200,8 +190,8 @@ def test_bfloat16_variant_generates(pipeline):
 
 def test_prompt_and_lyrics_change_the_audio(pipeline):
     base = _generate(pipeline)
-    assert _max_diff(base, _generate(pipeline, prompt="metal, distorted guitars")) > DIFFERENT
-    assert _max_diff(base, _generate(pipeline, lyrics="")) > DIFFERENT
+    assert max_diff(base, _generate(pipeline, prompt="metal, distorted guitars")) > DIFFERENT
+    assert max_diff(base, _generate(pipeline, lyrics="")) > DIFFERENT
 
 
 # ----------------------------------------------------------- batch invariance
@@ -225,7 +215,7 @@ def test_an_item_sounds_the_same_alone_and_in_a_batch(pipeline, double):
     for item, output in zip(items, batch):
         [alone] = pipeline(settings, [item]).items
         torch.testing.assert_close(output.waveform, alone.waveform, rtol=0, atol=SAME)
-    assert _max_diff(batch[0].waveform, batch[1].waveform) > DIFFERENT
+    assert max_diff(batch[0].waveform, batch[1].waveform) > DIFFERENT
 
 
 def test_a_rows_conditioning_is_its_solo_conditioning(model):
@@ -281,13 +271,13 @@ def test_erg_lyric_and_tag_weaken_the_unconditional_branch(model):
         ]
 
     zero_path, lyric, tag_lyric = uncond(ErgFlags()), uncond(ErgFlags(lyric=True)), uncond(ErgFlags(tag=True, lyric=True))
-    assert _max_diff(lyric, zero_path) > DIFFERENT and _max_diff(tag_lyric, lyric) > DIFFERENT
+    assert max_diff(lyric, zero_path) > DIFFERENT and max_diff(tag_lyric, lyric) > DIFFERENT
     # ERG on the prompt is upstream's forward hook on UMT5 blocks 8-9's query projections.
     blocks = model.text_encoder.model.encoder.block
     with erg.scaled_outputs([blocks[i].layer[0].SelfAttention.q for i in (8, 9)], 0.01):
         hooked = model.text_encoder.encode(PROMPT)
     assert torch.equal(model.text_encoder.encode(PROMPT, weaken=True), hooked)
-    assert _max_diff(hooked, model.text_encoder.encode(PROMPT)) > DIFFERENT
+    assert max_diff(hooked, model.text_encoder.encode(PROMPT)) > DIFFERENT
 
 
 def test_empty_lyrics_are_one_masked_token(model):
@@ -320,7 +310,7 @@ def test_erg_diffusion_rows_match_upstreams_hooks(model):
     # A marked row alone is exactly the hooked pass; an unmarked one is the plain pass.
     solo = model.velocity(latents[:1], sigmas[:1], row(0), erg_rows=torch.tensor([True]))
     assert torch.equal(solo, _hooked_velocity(model, latents[:1], sigmas[:1], row(0)))
-    assert _max_diff(solo, model.velocity(latents[:1], sigmas[:1], row(0))) > DIFFERENT
+    assert max_diff(solo, model.velocity(latents[:1], sigmas[:1], row(0))) > DIFFERENT
     assert torch.equal(
         model.velocity(latents, sigmas, conditioning, erg_rows=torch.tensor([False, False])),
         model.velocity(latents, sigmas, conditioning),

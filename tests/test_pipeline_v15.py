@@ -2,10 +2,8 @@
 
 The same sampler drives both families; here the controls are checked on the
 1.5 family's real components: exact duration and rate, seeds, schedulers,
-guidance types, and an item's independence from its batch-mates. Tolerances
-as in ``test_acestep_v1.py``: a row differs from its solo run only by float32
-rounding of batched kernels (``SAME``), settings that matter change the audio
-by far more (``DIFFERENT``).
+guidance types, and an item's independence from its batch-mates (tolerances
+in ``tests/generation.py``).
 """
 
 from __future__ import annotations
@@ -22,10 +20,10 @@ from serve_app.planner import Planner
 from serve_app.presets import PresetBook
 from serve_app.schemas import GenerateRequest
 
+from .generation import DIFFERENT, SAME, generate_waveform, max_diff
+
 NAME = "acestep-v15-tiny"
 SAMPLE_RATE = 48000
-SAME = 1e-5
-DIFFERENT = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +48,7 @@ def _params(**overrides) -> GenerationParams:
 
 
 def _generate(pipeline, **overrides) -> torch.Tensor:
-    params = _params(**overrides)
-    [item] = pipeline(params.batch_settings(), params.items()).items
-    assert item.error is None and not item.cancelled
-    return item.waveform
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
+    return generate_waveform(pipeline, _params(**overrides))
 
 
 @pytest.mark.parametrize("duration", [get_spec(NAME).min_duration_s, 2.3])
@@ -71,7 +62,7 @@ def test_exact_duration_rate_and_channels(pipeline, duration):
 def test_the_same_seed_gives_the_same_audio_and_another_seed_does_not(pipeline):
     first = _generate(pipeline, actual_seeds=(42,))
     assert torch.equal(first, _generate(pipeline, actual_seeds=(42,)))
-    assert _max_diff(first, _generate(pipeline, actual_seeds=(43,))) > DIFFERENT
+    assert max_diff(first, _generate(pipeline, actual_seeds=(43,))) > DIFFERENT
 
 
 def test_every_scheduler_and_guidance_type_gives_its_own_audio(pipeline):
@@ -80,7 +71,7 @@ def test_every_scheduler_and_guidance_type_gives_its_own_audio(pipeline):
         for combination in itertools.product(("euler", "heun", "pingpong"), ("apg", "cfg", "cfg_star"))
     }
     for (first, a), (second, b) in itertools.combinations(outputs.items(), 2):
-        assert _max_diff(a, b) > DIFFERENT, (first, second)
+        assert max_diff(a, b) > DIFFERENT, (first, second)
 
 
 def test_an_item_sounds_the_same_alone_and_inside_a_larger_batch(pipeline):
@@ -96,7 +87,7 @@ def test_an_item_sounds_the_same_alone_and_inside_a_larger_batch(pipeline):
     for item, output in zip(items, batch):
         [alone] = pipeline(settings, [item]).items
         torch.testing.assert_close(output.waveform, alone.waveform, rtol=0, atol=SAME)
-    assert _max_diff(batch[0].waveform, batch[1].waveform) > DIFFERENT
+    assert max_diff(batch[0].waveform, batch[1].waveform) > DIFFERENT
 
 
 def test_with_no_guided_step_the_warned_guidance_fields_change_nothing(pipeline):
