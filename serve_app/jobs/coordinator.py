@@ -173,8 +173,7 @@ class JobCoordinator:
                 return self._public(job)
             raise JobConflict(f"job {job_id} is already {job.status.status}")
         if job.finishing:  # the job is being recorded as finished right now: report how it ended
-            while not job.status.finished:
-                await job.changed.wait()
+            await job.ended.wait()
             if job.status.status != "cancelled":
                 raise JobConflict(f"job {job_id} is already {job.status.status}")
             return self._public(job)
@@ -229,9 +228,7 @@ class JobCoordinator:
                     ),
                 )
             else:
-                job.status = job.status.model_copy(
-                    update={"status": "queued", "started_at": None, "progress": initial_progress(job.plan)}
-                )
+                self._restart_progress(job)
                 self._enqueue(job)
         return len(resumed)
 
@@ -297,7 +294,9 @@ class JobCoordinator:
         return result
 
     def _restart_progress(self, job: _Job) -> None:
-        job.status = job.status.model_copy(update={"status": "queued", "progress": initial_progress(job.plan)})
+        job.status = job.status.model_copy(
+            update={"status": "queued", "started_at": None, "progress": initial_progress(job.plan)}
+        )
         job.running_since = job.last_step_at = None
         self._waiting[job.status.job_id] = None
         job.touch()
