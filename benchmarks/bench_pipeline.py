@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from serve_app.pipeline.pipeline import MusicPipeline
+from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.pipeline.registry import ModelSpec, get_spec
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, BatchSettings, GenerationParams, ItemSettings
 

@@ -68,7 +68,7 @@ def generate_as_job(client: httpx.Client, request: dict) -> dict | None:
     with client.stream("GET", accepted.json()["events_url"]) as events:
         for line in events.iter_lines():
             if line.startswith("data: "):
-                final = json.loads(line[len("data: "):])
+                final = json.loads(line[len("data: ") :])
     return final["result"] if final and final["status"] == "succeeded" else None
 
 
@@ -129,10 +129,14 @@ def run_level(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default: the dev config's address)")
+    parser.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the service (default: the dev config's address)"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8], help="concurrent clients per level")
     parser.add_argument("--requests", type=int, default=24, help="requests per level")
-    parser.add_argument("--durations", type=float, nargs="+", default=[10.0], help="audio seconds; requests cycle through them")
+    parser.add_argument(
+        "--durations", type=float, nargs="+", default=[10.0], help="audio seconds; requests cycle through them"
+    )
     parser.add_argument("--preset", default="draft")
     parser.add_argument("--infer-step", type=int, default=None, help="override the preset's steps")
     parser.add_argument("--format", default="wav")

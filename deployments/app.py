@@ -1,7 +1,7 @@
 """``build_app``: the import path named in ``serve_config.yaml`` and ``configs/serve_dev.yaml``.
 
-    serve run configs/serve_dev.yaml            # this machine: CPU, tiny model, local store
-    serve deploy serve_config.yaml              # GPU cluster: real weights, MinIO
+serve run configs/serve_dev.yaml            # this machine: CPU, tiny model, local store
+serve deploy serve_config.yaml              # GPU cluster: real weights, MinIO
 """
 
 from __future__ import annotations

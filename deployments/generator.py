@@ -7,15 +7,15 @@ are defaults; ``serve_config.yaml`` may override them per deployment.
 from __future__ import annotations
 
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from ray import serve
 
 from serve_app.config import AppConfig
-from serve_app.engine import EngineConfig, GenerationEngine
-from serve_app.lifecycle import Progress
+from serve_app.generation.engine import EngineConfig, GenerationEngine
 from serve_app.metrics import ServeMetrics
-from serve_app.pipeline.pipeline import MusicPipeline
+from serve_app.pipeline.music_pipeline import MusicPipeline
+from serve_app.progress import Progress
 from serve_app.schemas import GenerateResponse, GenerationPlan
 
 logger = logging.getLogger("ray.serve")

@@ -1,7 +1,7 @@
 """The HTTP and handle entry point: validate, resolve, route to the generator.
 
-Thin: routes live in ``serve_app.api`` and serving logic in
-``serve_app.frontend``. The methods ``generate``, ``submit_job``,
+Thin: routes live in ``serve_app.ingress.api`` and serving logic in
+``serve_app.ingress.frontend``. The methods ``generate``, ``submit_job``,
 ``job_status``, ``cancel_job``, ``presets`` and ``models`` are the Python API
 for other Ray applications (see the README):
 
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
@@ -22,14 +23,14 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from serve_app import api
 from serve_app.config import AppConfig
 from serve_app.errors import InvalidRequest, ServiceError, Unavailable
-from serve_app.frontend import Frontend
+from serve_app.ingress import api
+from serve_app.ingress.frontend import Frontend
+from serve_app.ingress.planner import Planner
+from serve_app.ingress.presets import PresetBook
 from serve_app.jobs import JobRequest, JobStatus
 from serve_app.metrics import ServeMetrics
-from serve_app.planner import Planner
-from serve_app.presets import PresetBook
 from serve_app.schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
 
 READY_CACHE_S = 2.0
@@ -105,9 +106,7 @@ class ServeJobsClient:
         return await call_deployment(self.handle.cancel.remote(job_id), "job coordinator")
 
     async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]:
-        return await call_deployment(
-            self.handle.wait_for_change.remote(job_id, version, timeout_s), "job coordinator"
-        )
+        return await call_deployment(self.handle.wait_for_change.remote(job_id, version, timeout_s), "job coordinator")
 
 
 @serve.deployment(

@@ -125,8 +125,7 @@ def _mpeg_bitrates(sample_rate: int) -> tuple[int, ...]:
     if sample_rate in _MPEG25_RATES:
         return _MPEG25_BITRATES
     raise ValueError(
-        f"mp3 does not support a sample rate of {sample_rate} Hz; "
-        f"supported: {', '.join(map(str, MP3_SAMPLE_RATES))}"
+        f"mp3 does not support a sample rate of {sample_rate} Hz; supported: {', '.join(map(str, MP3_SAMPLE_RATES))}"
     )
 
 
@@ -237,7 +236,9 @@ def _to_frames(waveform: Any) -> np.ndarray:
         raise ValueError(f"waveform is empty: shape {tuple(arr.shape)}")
     if channels > 2 and channels > samples:
         # (samples, channels) passed by mistake would silently make thousands of channels.
-        raise ValueError(f"waveform shape {tuple(arr.shape)} has more channels than samples; expected (channels, samples)")
+        raise ValueError(
+            f"waveform shape {tuple(arr.shape)} has more channels than samples; expected (channels, samples)"
+        )
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         raise ValueError("waveform contains NaN or infinite samples")

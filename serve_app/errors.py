@@ -6,7 +6,8 @@ pickle by their constructor arguments.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .schemas import LEGACY_FIELD_HINTS, ErrorBody, ErrorResponse, FieldError
 

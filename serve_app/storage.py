@@ -34,7 +34,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote, urlsplit
@@ -274,7 +274,7 @@ def build_output_key(
         raise ValueError(f"extension must be 1-10 lowercase letters or digits, got {ext!r}")
     if not isinstance(when, datetime) or when.tzinfo is None or when.utcoffset() is None:
         raise ValueError("when must be a timezone-aware datetime")
-    date = when.astimezone(timezone.utc).strftime("%Y-%m-%d")
+    date = when.astimezone(UTC).strftime("%Y-%m-%d")
 
     folders: list[str] = []
     stem: str | None = None
@@ -655,7 +655,9 @@ class MinioStore:
                         f"{what} on {where} failed after {attempts} attempt(s): {_describe(exc)}"
                     ) from exc
                 delay = self.backoff_delay(attempt)
-                logger.warning("%s on %s: %s; retry %d/%d in %.2fs", what, where, _describe(exc), attempt, attempts - 1, delay)
+                logger.warning(
+                    "%s on %s: %s; retry %d/%d in %.2fs", what, where, _describe(exc), attempt, attempts - 1, delay
+                )
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
@@ -807,9 +809,7 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> None:
 # =================================================================== local store
 
 # Errors of the disk itself, as opposed to a bad key or a file-vs-folder clash.
-_UNAVAILABLE_ERRNOS: Final = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOENT}
-)
+_UNAVAILABLE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOENT})
 
 
 class LocalStore:

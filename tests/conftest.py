@@ -8,6 +8,7 @@ Ray starts at most once per session, and only for tests that ask for it.
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -30,8 +31,15 @@ def models_root(tmp_path_factory):
 
 # ------------------------------------------------------------------ Ray Serve
 
-SERVE_PORT = 18427
-METRICS_PORT = 18428
+def free_port() -> int:
+    """A port nothing listens on now, so parallel test sessions on one machine do not collide."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+SERVE_PORT = free_port()
+METRICS_PORT = free_port()
 SERVE_RUN_TIMEOUT_S = 180
 
 

@@ -10,7 +10,7 @@ import zlib
 
 import torch
 
-from serve_app.pipeline.model import Branch
+from serve_app.pipeline.protocol import Branch
 from serve_app.pipeline.schedules import AceStepV1Schedule
 
 FRAMES_PER_SECOND = 4

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from serve_app.pipeline.pipeline import MusicPipeline
+from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.pipeline.settings import GenerationParams
 
 SAME = 1e-5

@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from serve_app.pipeline import acestep_v1 as family
 from serve_app.pipeline.acestep_v1 import checkpoint, erg
-from serve_app.pipeline.model import Branch, ErgFlags
-from serve_app.pipeline.pipeline import MusicPipeline
+from serve_app.pipeline.music_pipeline import MusicPipeline
+from serve_app.pipeline.protocol import Branch, ErgFlags
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams, ItemSettings
 
 from .generation import DIFFERENT, SAME, generate_waveform, max_diff
@@ -236,8 +236,10 @@ def test_a_rows_conditioning_is_its_solo_conditioning(model):
 
 def test_padding_is_invisible_to_the_denoiser(model):
     short = model.encode([ROWS[0][0]], [ROWS[0][1]], [Branch.COND], ErgFlags(), duration_s=1.0)[Branch.COND]
-    padded = {key: torch.nn.functional.pad(value, (0, 0, 0, 9) if value.dim() == 3 else (0, 9), value=0)
-              for key, value in short.items()}
+    padded = {
+        key: torch.nn.functional.pad(value, (0, 0, 0, 9) if value.dim() == 3 else (0, 9), value=0)
+        for key, value in short.items()
+    }
     padded["encoder_hidden_states"][:, -9:] = 5.0  # garbage under the mask
     latents = _noise(model, 1, 1.0)
     torch.testing.assert_close(
@@ -258,7 +260,9 @@ def test_unconditional_branch_without_erg_is_the_zero_path(model):
     speaker = torch.zeros(1, model.transformer.config.speaker_embedding_dim)
     ones = lambda x: torch.ones(x.shape[:2], dtype=torch.long)  # noqa: E731
     with torch.no_grad():
-        zero_path, _ = model.transformer.encode(torch.zeros_like(text), ones(text), speaker, torch.zeros_like(ids), ones(ids))
+        zero_path, _ = model.transformer.encode(
+            torch.zeros_like(text), ones(text), speaker, torch.zeros_like(ids), ones(ids)
+        )
         text_only, _ = model.transformer.encode(text, ones(text), speaker, torch.zeros_like(ids), ones(ids))
     assert torch.equal(conditioning[Branch.UNCOND]["encoder_hidden_states"], zero_path)
     assert torch.equal(conditioning[Branch.TEXT_ONLY]["encoder_hidden_states"], text_only)
@@ -270,7 +274,11 @@ def test_erg_lyric_and_tag_weaken_the_unconditional_branch(model):
             "encoder_hidden_states"
         ]
 
-    zero_path, lyric, tag_lyric = uncond(ErgFlags()), uncond(ErgFlags(lyric=True)), uncond(ErgFlags(tag=True, lyric=True))
+    zero_path, lyric, tag_lyric = (
+        uncond(ErgFlags()),
+        uncond(ErgFlags(lyric=True)),
+        uncond(ErgFlags(tag=True, lyric=True)),
+    )
     assert max_diff(lyric, zero_path) > DIFFERENT and max_diff(tag_lyric, lyric) > DIFFERENT
     # ERG on the prompt is upstream's forward hook on UMT5 blocks 8-9's query projections.
     blocks = model.text_encoder.model.encoder.block

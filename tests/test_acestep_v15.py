@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
+from serve_app.ingress.planner import Planner
+from serve_app.ingress.presets import PresetBook
 from serve_app.pipeline import acestep_v15 as family
-from serve_app.pipeline.model import Branch, ErgFlags
-from serve_app.pipeline.pipeline import MusicPipeline
+from serve_app.pipeline.music_pipeline import MusicPipeline
+from serve_app.pipeline.protocol import Branch, ErgFlags
 from serve_app.pipeline.registry import load_model
 from serve_app.pipeline.sampler import Sampler, initial_noise
-from serve_app.planner import Planner
-from serve_app.presets import PresetBook
 from serve_app.schemas import GenerateRequest
 
 BASE = "acestep-v15-tiny"
@@ -281,9 +281,7 @@ def test_batch_invariance(base):
     latents = _noise(base, len(ROWS), duration, seed=11)
     sigmas = torch.tensor([0.9, 0.5, 0.2])
     rows = len(ROWS)
-    batched = base.velocity(
-        latents.repeat(3, 1, 1), sigmas.repeat(3), _stack(batch, ALL_BRANCHES)
-    ).split(rows)
+    batched = base.velocity(latents.repeat(3, 1, 1), sigmas.repeat(3), _stack(batch, ALL_BRANCHES)).split(rows)
     for index, (prompt, lyric) in enumerate(ROWS):
         alone = base.encode([prompt], [lyric], ALL_BRANCHES, ErgFlags(), duration_s=duration)
         for branch_index, branch in enumerate(ALL_BRANCHES):
@@ -298,9 +296,7 @@ def test_batch_invariance(base):
                 atol=0,
             )
             velocity = base.velocity(latents[index : index + 1], sigmas[index : index + 1], solo)
-            torch.testing.assert_close(
-                batched[branch_index][index : index + 1], velocity, rtol=1e-5, atol=1e-6
-            )
+            torch.testing.assert_close(batched[branch_index][index : index + 1], velocity, rtol=1e-5, atol=1e-6)
 
 
 def test_padding_would_leak_without_the_mask(base):

@@ -250,7 +250,6 @@ def test_one_pass_decode_unscales_denormalises_vocodes_and_resamples(tiny_codec)
     torch.testing.assert_close(tiny_codec.decode(latents, num_samples)[0], expected, rtol=0, atol=1e-5)
 
 
-
 def test_tiny_codec_decodes_exact_length_48k_stereo(tiny_codec):
     latents, num_samples = _latents(batch=2, duration_s=1.5)
     audio = tiny_codec.decode(latents, num_samples)

@@ -8,11 +8,11 @@ from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.ingress import ServeGeneratorClient
-from serve_app.api import API_KEYS_ENV, create_app
 from serve_app.errors import InvalidRequest, Unavailable
-from serve_app.frontend import Frontend
-from serve_app.planner import Planner
-from serve_app.presets import PresetBook
+from serve_app.ingress.api import API_KEYS_ENV, create_app
+from serve_app.ingress.frontend import Frontend
+from serve_app.ingress.planner import Planner
+from serve_app.ingress.presets import PresetBook
 from serve_app.storage import LocalStore
 
 from .conftest import TEST_MODEL
@@ -61,7 +61,9 @@ def test_service_errors_raised_in_the_generator_keep_their_status(tmp_path):
 def test_an_unexpected_failure_is_a_500_without_internals(tmp_path):
     response = post(client_for(RuntimeError("CUDA error at /srv/secret/path.py:12"), tmp_path))
     assert response.status_code == 500
-    assert response.json() == {"error": {"type": "internal_error", "message": "internal error; see the server log", "fields": []}}
+    assert response.json() == {
+        "error": {"type": "internal_error", "message": "internal error; see the server log", "fields": []}
+    }
 
 
 def test_service_errors_survive_pickling():

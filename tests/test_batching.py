@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-
-from serve_app.batching import KeyedBatcher
+from serve_app.generation.batching import KeyedBatcher
 
 
 class Worker:

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve_app.engine import EngineConfig, GenerationEngine
 from serve_app.errors import Unavailable
-from serve_app.lifecycle import GenerationCancelled, Progress
-from serve_app.pipeline.pipeline import MusicPipeline
-from serve_app.planner import Planner
-from serve_app.presets import PresetBook
+from serve_app.generation.engine import EngineConfig, GenerationEngine
+from serve_app.ingress.planner import Planner
+from serve_app.ingress.presets import PresetBook
+from serve_app.pipeline.music_pipeline import MusicPipeline
+from serve_app.progress import Progress
 from serve_app.schemas import GenerateRequest, GenerationPlan
 from serve_app.storage import LocalStore, StorageUnavailableError
 

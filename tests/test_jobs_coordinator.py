@@ -10,8 +10,8 @@ import pytest
 from serve_app.errors import Unavailable
 from serve_app.jobs import CoordinatorConfig, JobConflict, JobCoordinator, JobNotFound, JobRecords
 from serve_app.jobs.webhooks import DeliveryOutcome
-from serve_app.lifecycle import Progress
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
+from serve_app.progress import Progress
 from serve_app.schemas import GenerateResponse, GenerationPlan, Output
 from serve_app.storage import LocalStore, StorageUnavailableError
 

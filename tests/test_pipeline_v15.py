@@ -13,11 +13,11 @@ import itertools
 import pytest
 import torch
 
-from serve_app.pipeline.pipeline import MusicPipeline
+from serve_app.ingress.planner import Planner
+from serve_app.ingress.presets import PresetBook
+from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.pipeline.registry import get_spec
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams, ItemSettings
-from serve_app.planner import Planner
-from serve_app.presets import PresetBook
 from serve_app.schemas import GenerateRequest
 
 from .generation import DIFFERENT, SAME, generate_waveform, max_diff
@@ -96,7 +96,13 @@ def test_with_no_guided_step_the_warned_guidance_fields_change_nothing(pipeline)
 
     def generate(**fields) -> tuple[torch.Tensor, set[str]]:
         request = GenerateRequest(
-            prompt="lofi", audio_duration=1.4, infer_step=4, guidance_interval=0.0, actual_seeds=[7], bf16=False, **fields
+            prompt="lofi",
+            audio_duration=1.4,
+            infer_step=4,
+            guidance_interval=0.0,
+            actual_seeds=[7],
+            bf16=False,
+            **fields,
         )
         plan = planner.plan(request, "empty-window")
         [item] = pipeline(plan.params.batch_settings(), plan.params.items()).items

@@ -7,9 +7,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from serve_app.ingress.planner import Planner, PlanningError
+from serve_app.ingress.presets import DEFAULT_PRESETS_PATH, PresetBook, PresetError
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
-from serve_app.planner import Planner, PlanningError
-from serve_app.presets import DEFAULT_PRESETS_PATH, PresetBook, PresetError
 from serve_app.schemas import GenerateRequest
 
 V1 = "ace-step-v1-tiny"

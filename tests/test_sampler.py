@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from serve_app.pipeline.guidance import ApgGuidance, cfg, cfg_star, double_condition
-from serve_app.pipeline.pipeline import NON_FINITE_MESSAGE, MusicPipeline
+from serve_app.pipeline.music_pipeline import NON_FINITE_MESSAGE, MusicPipeline
 from serve_app.pipeline.sampler import Sampler
-from serve_app.pipeline.schedules import AceStepV15Schedule, AceStepV1Schedule
+from serve_app.pipeline.schedules import AceStepV1Schedule, AceStepV15Schedule
 from serve_app.pipeline.settings import BatchSettings, GuidanceWindow, ItemSettings
 from serve_app.pipeline.steppers import EulerStepper, HeunStepper, PingPongStepper, omega_gain
 
@@ -212,7 +212,9 @@ def test_heun_window_is_sized_by_scheduled_sigmas_and_indexed_by_evaluation():
 
 
 def test_double_guidance_adds_the_text_only_branch():
-    _, model = run(settings(double_guidance=True, guidance_interval=1.0), [item(guidance_scale_text=5, guidance_scale_lyric=2)])
+    _, model = run(
+        settings(double_guidance=True, guidance_interval=1.0), [item(guidance_scale_text=5, guidance_scale_lyric=2)]
+    )
     assert {call["rows"] for call in model.calls} == {3}
 
 

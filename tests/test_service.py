@@ -102,7 +102,9 @@ def test_the_same_request_and_seed_give_the_same_samples(client):
     first = generate(client, preset="precision", actual_seeds=[7])
     again = generate(client, **first["params"])  # the resolved parameters repeat the request exactly
     assert again["params"] == first["params"]
-    np.testing.assert_array_equal(fetch_audio(client, first["outputs"][0])[0], fetch_audio(client, again["outputs"][0])[0])
+    np.testing.assert_array_equal(
+        fetch_audio(client, first["outputs"][0])[0], fetch_audio(client, again["outputs"][0])[0]
+    )
     other = generate(client, preset="precision", actual_seeds=[8])
     assert not np.array_equal(fetch_audio(client, first["outputs"][0])[0], fetch_audio(client, other["outputs"][0])[0])
 
@@ -130,8 +132,10 @@ def test_output_formats_and_names(client, outputs_dir):
 
 
 def test_concurrent_requests_share_a_batch_by_duration_only(client):
-    bodies = [{"prompt": f"song {index}", "infer_step": 3, "audio_duration": duration, "actual_seeds": [index]}
-              for index, duration in enumerate([1.0, 1.0, 1.0, 2.0, 2.0])]
+    bodies = [
+        {"prompt": f"song {index}", "infer_step": 3, "audio_duration": duration, "actual_seeds": [index]}
+        for index, duration in enumerate([1.0, 1.0, 1.0, 2.0, 2.0])
+    ]
     with ThreadPoolExecutor(len(bodies)) as pool:
         responses = list(pool.map(lambda body: client.post("/generate", json=body), bodies))
     outputs = [response.json()["outputs"][0] for response in responses]
@@ -226,6 +230,12 @@ def test_metrics_reach_the_prometheus_endpoint(client):
         if "ray_acestep_batch_size" in text and "ray_acestep_requests_total" in text:
             break
         time.sleep(1)
-    for name in ("ray_acestep_requests_total", "ray_acestep_batch_size", "ray_acestep_queue_wait_seconds",
-                 "ray_acestep_generation_seconds", "ray_acestep_audio_seconds_total", "ray_acestep_storage_seconds"):
+    for name in (
+        "ray_acestep_requests_total",
+        "ray_acestep_batch_size",
+        "ray_acestep_queue_wait_seconds",
+        "ray_acestep_generation_seconds",
+        "ray_acestep_audio_seconds_total",
+        "ray_acestep_storage_seconds",
+    ):
         assert name in text, name

@@ -141,7 +141,7 @@ def test_server_sent_events_stream_the_progress_until_the_end(client):
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if line.startswith("data: "):
-                events.append(json.loads(line[len("data: "):]))
+                events.append(json.loads(line[len("data: ") :]))
     keys = [progress_key(event) for event in events]
     assert events[-1]["status"] == "succeeded" and keys == sorted(keys)
     assert any(event["status"] == "running" for event in events)
@@ -223,7 +223,7 @@ def test_every_job_survives_restarts_of_the_coordinator_and_the_ingress(client):
 
     _kill_replica("Ingress")
     for job in (done, slow):
-        assert _eventually(lambda: status(client, job["job_id"]))["status"] == "succeeded"
+        assert _eventually(lambda job=job: status(client, job["job_id"]))["status"] == "succeeded"
 
 
 def test_a_job_whose_generator_replica_dies_is_retried_once(client):

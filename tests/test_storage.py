@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,8 +28,8 @@ from serve_app.storage import (
     StorageError,
     StorageUnavailableError,
     build_output_key,
-    split_output_name,
     sidecar_key,
+    split_output_name,
     validate_key,
     validate_output_name,
     write_output,
@@ -37,7 +37,7 @@ from serve_app.storage import (
 
 from .s3_server import S3TestServer
 
-WHEN = datetime(2025, 3, 4, 23, 30, tzinfo=timezone.utc)
+WHEN = datetime(2025, 3, 4, 23, 30, tzinfo=UTC)
 _bucket_ids = itertools.count()
 
 

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from serve_app.pipeline.pipeline import MusicPipeline
+from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.pipeline.registry import CATALOG, load_model
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
 from serve_app.pipeline.tiny import main, tiny_model_names, write_tiny_checkpoint

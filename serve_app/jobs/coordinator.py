@@ -18,12 +18,13 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import AsyncIterator, Callable, Iterable, Protocol
+from datetime import UTC, datetime
+from typing import Protocol
 
 from ..errors import Conflict, ServiceError, Unavailable
-from ..lifecycle import GenerationCancelled, Progress
+from ..progress import GenerationCancelled, Progress
 from ..schemas import GenerateResponse, GenerationPlan
 from ..storage import StorageError
 from .models import ItemProgress, JobError, JobProgress, JobRecord, JobStatus, WebhookDelivery
@@ -68,7 +69,7 @@ class CoordinatorConfig:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _Job:
@@ -197,7 +198,7 @@ class JobCoordinator:
             try:
                 await asyncio.wait_for(job.changed.wait(), timeout_s)
                 await asyncio.wait_for(job.ended.wait(), self.config.watch_interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return job.version, self._public(job)
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from ..lifecycle import Stage
+from ..progress import Stage
 from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan
 from .webhooks import parse_webhook_url
 

@@ -41,9 +41,7 @@ class JobRecords:
         return f"{self.prefix}/active/{job_id}"
 
     def save(self, record: JobRecord) -> None:
-        self.store.put(
-            self._record_key(record.status.job_id), record.model_dump_json().encode(), RECORD_CONTENT_TYPE
-        )
+        self.store.put(self._record_key(record.status.job_id), record.model_dump_json().encode(), RECORD_CONTENT_TYPE)
 
     def load(self, job_id: str) -> JobRecord:
         if not JOB_ID_RE.fullmatch(job_id):

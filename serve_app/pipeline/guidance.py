@@ -9,7 +9,7 @@ batch, so items with different scales share a batch.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -29,9 +29,7 @@ def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor) -> torch.
     return uncond + scale * (cond - uncond)
 
 
-def cfg_star(
-    cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor, step: int
-) -> torch.Tensor:
+def cfg_star(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor, step: int) -> torch.Tensor:
     """CFG-Zero*: the unconditional prediction rescaled by its optimal projection
     coefficient, and zero velocity for the first ``CFG_STAR_ZERO_STEPS + 1`` steps."""
     if step <= CFG_STAR_ZERO_STEPS:

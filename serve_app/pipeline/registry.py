@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-    from .model import MusicModel
+    from .protocol import MusicModel
 
 MODELS_DIR_ENV = "ACESTEP_MODELS_DIR"
 DEFAULT_MODEL = "ace-step-v1-3.5b"
@@ -187,9 +188,7 @@ def _download(spec: ModelSpec, target: Path) -> Path:
     return target
 
 
-def load_model(
-    name: str, device: torch.device | str, dtype: torch.dtype, root: Path | None = None
-) -> MusicModel:
+def load_model(name: str, device: torch.device | str, dtype: torch.dtype, root: Path | None = None) -> MusicModel:
     """Load ``name`` onto ``device`` in ``dtype`` through its family's loader."""
     import torch
 

@@ -8,13 +8,13 @@ the batch between steps (cancellation); the rest continue unaffected.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Callable, Collection, Sequence
 
 import torch
 
 from .guidance import ApgGuidance, cfg, cfg_star, double_condition, per_item
-from .model import Branch, Conditioning, ErgFlags, MusicModel
+from .protocol import Branch, Conditioning, ErgFlags, MusicModel
 from .settings import BatchSettings, GuidanceWindow, ItemSettings
 from .steppers import STEPPERS, omega_gain
 

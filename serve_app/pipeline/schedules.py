@@ -7,7 +7,7 @@ explicit step subset (``oss_steps``) is turned into sigmas.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

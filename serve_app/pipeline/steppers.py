@@ -9,7 +9,7 @@ here both are per item, so an item's audio never depends on its batch-mates
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from .model import AceStepV1Model
 
-__all__ = ["is_complete_checkpoint", "write_tiny_checkpoint", "load", "build_random"]
+__all__ = ["build_random", "is_complete_checkpoint", "load", "write_tiny_checkpoint"]
 
 
 def load(path: Path, *, device: torch.device, dtype: torch.dtype, spec=None) -> AceStepV1Model:

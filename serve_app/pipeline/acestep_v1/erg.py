@@ -16,7 +16,7 @@ The layer ranges and the temperature are those the official pipeline uses.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn

@@ -35,9 +35,7 @@ def _relative_position_table(length: int, dim: int, device: torch.device, dtype:
     models see the same rounded table as the official one.
     """
     distances = torch.arange(length - 1, -length, -1, device=device, dtype=torch.float32).unsqueeze(1)
-    frequencies = torch.exp(
-        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * -(math.log(10000.0) / dim)
-    )
+    frequencies = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * -(math.log(10000.0) / dim))
     angles = distances * frequencies
     table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)
     return table.unsqueeze(0).to(dtype)
@@ -167,8 +165,7 @@ class LyricConformer(nn.Module):
         """
         if embeddings.dim() != 3 or mask.shape != embeddings.shape[:2]:
             raise ValueError(
-                f"expected embeddings (B, L, D) and mask (B, L), got {tuple(embeddings.shape)} "
-                f"and {tuple(mask.shape)}"
+                f"expected embeddings (B, L, D) and mask (B, L), got {tuple(embeddings.shape)} and {tuple(mask.shape)}"
             )
         valid = mask.to(torch.bool).unsqueeze(1)
         padded_keys = ~valid.unsqueeze(1)

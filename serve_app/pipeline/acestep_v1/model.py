@@ -24,13 +24,13 @@ velocity does not depend on its batch-mates.
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Collection, Sequence
 
 import torch
 
 from ..dtypes import default_dtype
-from ..model import Branch, Conditioning, ErgFlags
+from ..protocol import Branch, Conditioning, ErgFlags
 from ..schedules import AceStepV1Schedule
 from . import codec as codec_module
 from .transformer import AceStepTransformer

@@ -45,10 +45,39 @@ TINY_UMT5 = {
 }
 """Just deep enough for the ERG blocks to exist."""
 
-_TINY_WORDS = (
-    "rock pop jazz piano guitar drums bass synth vocal female male lofi hip hop ambient electronic "
-    "dance slow fast happy sad acoustic beat melody chorus verse bright dark soft loud bpm"
-).split()
+_TINY_WORDS = [
+    "rock",
+    "pop",
+    "jazz",
+    "piano",
+    "guitar",
+    "drums",
+    "bass",
+    "synth",
+    "vocal",
+    "female",
+    "male",
+    "lofi",
+    "hip",
+    "hop",
+    "ambient",
+    "electronic",
+    "dance",
+    "slow",
+    "fast",
+    "happy",
+    "sad",
+    "acoustic",
+    "beat",
+    "melody",
+    "chorus",
+    "verse",
+    "bright",
+    "dark",
+    "soft",
+    "loud",
+    "bpm",
+]
 
 
 def build_tiny_tokenizer():

@@ -25,8 +25,9 @@ The official file also stores two buffers of upstream's audio-to-mel transform
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Collection, Sequence
 
 import torch
 from torch import nn
 
-from ..model import Branch, Conditioning, ErgFlags
+from ..protocol import Branch, Conditioning, ErgFlags
 from ..schedules import AceStepV15Schedule
 from . import checkpoint
 

@@ -26,25 +26,63 @@ ALPHABETIC = frozenset({"ar", "cs", "de", "en", "es", "fr", "hu", "it", "nl", "p
 
 _ABBREVIATIONS = {
     "en": (
-        ("mrs", "misess"), ("mr", "mister"), ("dr", "doctor"), ("st", "saint"), ("co", "company"),
-        ("jr", "junior"), ("maj", "major"), ("gen", "general"), ("drs", "doctors"), ("rev", "reverend"),
-        ("lt", "lieutenant"), ("hon", "honorable"), ("sgt", "sergeant"), ("capt", "captain"),
-        ("esq", "esquire"), ("ltd", "limited"), ("col", "colonel"), ("ft", "fort"),
+        ("mrs", "misess"),
+        ("mr", "mister"),
+        ("dr", "doctor"),
+        ("st", "saint"),
+        ("co", "company"),
+        ("jr", "junior"),
+        ("maj", "major"),
+        ("gen", "general"),
+        ("drs", "doctors"),
+        ("rev", "reverend"),
+        ("lt", "lieutenant"),
+        ("hon", "honorable"),
+        ("sgt", "sergeant"),
+        ("capt", "captain"),
+        ("esq", "esquire"),
+        ("ltd", "limited"),
+        ("col", "colonel"),
+        ("ft", "fort"),
     ),
     "es": (
-        ("sra", "señora"), ("sr", "señor"), ("dr", "doctor"), ("dra", "doctora"), ("st", "santo"),
-        ("co", "compañía"), ("jr", "junior"), ("ltd", "limitada"),
+        ("sra", "señora"),
+        ("sr", "señor"),
+        ("dr", "doctor"),
+        ("dra", "doctora"),
+        ("st", "santo"),
+        ("co", "compañía"),
+        ("jr", "junior"),
+        ("ltd", "limitada"),
     ),
     "fr": (
-        ("mme", "madame"), ("mr", "monsieur"), ("dr", "docteur"), ("st", "saint"), ("co", "compagnie"),
-        ("jr", "junior"), ("ltd", "limitée"),
+        ("mme", "madame"),
+        ("mr", "monsieur"),
+        ("dr", "docteur"),
+        ("st", "saint"),
+        ("co", "compagnie"),
+        ("jr", "junior"),
+        ("ltd", "limitée"),
     ),
     "de": (("fr", "frau"), ("dr", "doktor"), ("st", "sankt"), ("co", "firma"), ("jr", "junior")),
     "pt": (
-        ("sra", "senhora"), ("sr", "senhor"), ("dr", "doutor"), ("dra", "doutora"), ("st", "santo"),
-        ("co", "companhia"), ("jr", "júnior"), ("ltd", "limitada"),
+        ("sra", "senhora"),
+        ("sr", "senhor"),
+        ("dr", "doutor"),
+        ("dra", "doutora"),
+        ("st", "santo"),
+        ("co", "companhia"),
+        ("jr", "júnior"),
+        ("ltd", "limitada"),
     ),
-    "it": (("sig", "signore"), ("dr", "dottore"), ("st", "santo"), ("co", "compagnia"), ("jr", "junior"), ("ltd", "limitata")),
+    "it": (
+        ("sig", "signore"),
+        ("dr", "dottore"),
+        ("st", "santo"),
+        ("co", "compagnia"),
+        ("jr", "junior"),
+        ("ltd", "limitata"),
+    ),
     "pl": (("p", "pani"), ("m", "pan"), ("dr", "doktor"), ("sw", "święty"), ("jr", "junior")),
     "cs": (("dr", "doktor"), ("ing", "inženýr"), ("p", "pan")),
     "ru": (("г-жа", "госпожа"), ("г-н", "господин"), ("д-р", "доктор")),
@@ -136,7 +174,7 @@ def _expand_numbers(text: str, language: str) -> str:
     text = separators.sub(lambda m: m.group(0).replace("," if language in ("en", "ru") else ".", ""), text)
     try:  # a malformed amount stops the currency pass but keeps the amounts already spelled
         for currency, pattern in _CURRENCIES:
-            text = pattern.sub(lambda m: _currency(m.group(0), language, currency), text)
+            text = pattern.sub(lambda m, currency=currency: _currency(m.group(0), language, currency), text)
     except Exception:
         logger.debug("currency expansion stopped for %r", text, exc_info=True)
     if language != "tr":

@@ -19,12 +19,105 @@ from functools import cache
 from .ssml import read_tag
 
 # The 97 languages py3langid knows, in upstream's filter order; upstream allows all of them.
-LANGID_LANGUAGES = (
-    "af am an ar as az be bg bn br bs ca cs cy da de dz el en eo es et eu fa fi fo fr ga gl gu "
-    "he hi hr ht hu hy id is it ja jv ka kk km kn ko ku ky la lb lo lt lv mg mk ml mn mr ms mt "
-    "nb ne nl nn no oc or pa pl ps pt qu ro ru rw se si sk sl sq sr sv sw ta te th tl tr ug uk "
-    "ur vi vo wa xh zh zu"
-).split()
+LANGID_LANGUAGES = [
+    "af",
+    "am",
+    "an",
+    "ar",
+    "as",
+    "az",
+    "be",
+    "bg",
+    "bn",
+    "br",
+    "bs",
+    "ca",
+    "cs",
+    "cy",
+    "da",
+    "de",
+    "dz",
+    "el",
+    "en",
+    "eo",
+    "es",
+    "et",
+    "eu",
+    "fa",
+    "fi",
+    "fo",
+    "fr",
+    "ga",
+    "gl",
+    "gu",
+    "he",
+    "hi",
+    "hr",
+    "ht",
+    "hu",
+    "hy",
+    "id",
+    "is",
+    "it",
+    "ja",
+    "jv",
+    "ka",
+    "kk",
+    "km",
+    "kn",
+    "ko",
+    "ku",
+    "ky",
+    "la",
+    "lb",
+    "lo",
+    "lt",
+    "lv",
+    "mg",
+    "mk",
+    "ml",
+    "mn",
+    "mr",
+    "ms",
+    "mt",
+    "nb",
+    "ne",
+    "nl",
+    "nn",
+    "no",
+    "oc",
+    "or",
+    "pa",
+    "pl",
+    "ps",
+    "pt",
+    "qu",
+    "ro",
+    "ru",
+    "rw",
+    "se",
+    "si",
+    "sk",
+    "sl",
+    "sq",
+    "sr",
+    "sv",
+    "sw",
+    "ta",
+    "te",
+    "th",
+    "tl",
+    "tr",
+    "ug",
+    "uk",
+    "ur",
+    "vi",
+    "vo",
+    "wa",
+    "xh",
+    "zh",
+    "zu",
+]
 # Upstream tests membership both in the list and, in places, as a substring of "af-am-…-zu".
 _ALLOWED_TEXT = "-".join(LANGID_LANGUAGES)
 # Where a short run of Han characters is ambiguous, the earlier of ja/zh in the filter list wins.
@@ -37,9 +130,7 @@ _NUMBER_KEY = re.compile(r"(⑥\d{6,}⑥)")
 _PUNCTUATION_RUN = re.compile(r"([^\w\s]+)")
 _SENTENCE = re.compile(r"(.*?[。.?？!！]+[\n]{,1})")
 # Lowercase French and Vietnamese letters that upstream's experimental mode adds to [a-zA-Z].
-_LATIN_EXTRA = (
-    "àáâãäåæçèéêëìíîïðñòóôõöùúûüýþÿăđĩũơưạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỷỹ"
-)
+_LATIN_EXTRA = "àáâãäåæçèéêëìíîïðñòóôõöùúûüýþÿăđĩũơưạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỷỹ"
 
 
 def _script_run(letters: str) -> re.Pattern[str]:
@@ -236,7 +327,9 @@ class _LineCounter:
             if language != "zh" and all("\u4e00" <= c <= "\u9fff" for c in re.sub(r"\s", "", cleaned)):
                 language, score = "zh", 1
             if len(cleaned) <= 5 and _has_han(cleaned):
-                language = _short_han_language(text, cleaned, language, score, previous, bool(runs), at_end and line_ends_here)
+                language = _short_han_language(
+                    text, cleaned, language, score, previous, bool(runs), at_end and line_ends_here
+                )
             text = _NUMBER_KEY.sub(self._restore_number, text)
             self._add(runs, language, text, score)
 

@@ -74,7 +74,9 @@ class LyricTokenizer:
             try:
                 ids += self.encode_line(line, language)
             except Exception as error:
-                logger.warning("lyrics line %d %.80r (%s) left out: cannot normalise it: %s", number, line, language, error)
+                logger.warning(
+                    "lyrics line %d %.80r (%s) left out: cannot normalise it: %s", number, line, language, error
+                )
                 continue
             ids.append(LINE_BREAK_ID)
         return ids

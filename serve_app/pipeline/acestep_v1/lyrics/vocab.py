@@ -36,12 +36,43 @@ LANGUAGE_ID_START = 259  # [en], the first id after the base vocabulary
 # The prefix token of each language the tokenizer writes; Chinese is "[zh-cn]".
 LANGUAGE_TOKENS = tuple(
     f"[{code}]"
-    for code in ("en", "de", "fr", "es", "it", "pt", "pl", "tr", "ru", "cs", "nl", "ar", "zh-cn", "ja", "hu", "ko", "hi")
+    for code in (
+        "en",
+        "de",
+        "fr",
+        "es",
+        "it",
+        "pt",
+        "pl",
+        "tr",
+        "ru",
+        "cs",
+        "nl",
+        "ar",
+        "zh-cn",
+        "ja",
+        "hu",
+        "ko",
+        "hi",
+    )
 )
 # Section tags that the real vocabulary holds as single tokens ("[verse]" is one id).
 STRUCTURE_TOKENS = tuple(
     f"[{tag}]"
-    for tag in ("start", "intro", "verse", "chorus", "bridge", "outro", "end", "inst", "solo", "hook", "pre-chorus", "break")
+    for tag in (
+        "start",
+        "intro",
+        "verse",
+        "chorus",
+        "bridge",
+        "outro",
+        "end",
+        "inst",
+        "solo",
+        "hook",
+        "pre-chorus",
+        "break",
+    )
 )
 _OFFLINE_VALUES = {"1", "ON", "YES", "TRUE"}
 

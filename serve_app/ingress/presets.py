@@ -7,17 +7,18 @@ first: ACE-Step defaults, the model's own defaults, the preset, the request.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from pydantic import ValidationError
 
-from .pipeline.settings import GenerationParams
-from .schemas import GenerateRequest, PresetInfo
+from ..pipeline.settings import GenerationParams
+from ..schemas import GenerateRequest, PresetInfo
 
-DEFAULT_PRESETS_PATH = Path(__file__).resolve().parents[1] / "configs" / "presets.json"
+DEFAULT_PRESETS_PATH = Path(__file__).resolve().parents[2] / "configs" / "presets.json"
 
 # Content and identity stay with the request; a preset is a sampling recipe.
 PRESETTABLE_FIELDS = frozenset(GenerationParams.model_fields) - {"model", "prompt", "lyrics", "actual_seeds"}

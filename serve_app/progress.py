@@ -6,8 +6,9 @@ loading the model stack.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 Stage = Literal["queued", "running", "encoding", "done"]
 

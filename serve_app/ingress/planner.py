@@ -10,13 +10,14 @@ as warnings, so nothing a client sets is silently ignored.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Collection, Mapping
+from collections.abc import Collection, Mapping
+from typing import Any
 
 from pydantic import ValidationError
 
-from .audio import file_extension, resolve_mp3_bitrate
-from .pipeline.registry import CATALOG, ModelSpec
-from .pipeline.settings import (
+from ..audio import file_extension, resolve_mp3_bitrate
+from ..pipeline.registry import CATALOG, ModelSpec
+from ..pipeline.settings import (
     ACESTEP_DEFAULTS,
     GenerationParams,
     GuidanceWindow,
@@ -25,9 +26,9 @@ from .pipeline.settings import (
     is_guided,
     uses_double_guidance,
 )
+from ..schemas import GenerateRequest, GenerationPlan, Output, ParamWarning
+from ..storage import split_output_name, validate_output_name
 from .presets import Preset, PresetBook
-from .schemas import GenerateRequest, GenerationPlan, Output, ParamWarning
-from .storage import split_output_name, validate_output_name
 
 DEFAULT_FORMAT = "wav"
 DEFAULT_SAMPLE_RATE = 48000
@@ -178,7 +179,9 @@ def inert_parameter_warnings(params: GenerationParams, given: Mapping[str, Any])
         for name in ("guidance_scale", *GUIDANCE_FIELDS):
             notes.setdefault(name, f"has no effect: no step is guided ({empty})")
     elif uses_double_guidance(params.guidance_scale_text, params.guidance_scale_lyric):
-        replaced = "has no effect: double-condition guidance (guidance_scale_text and guidance_scale_lyric both above 1)"
+        replaced = (
+            "has no effect: double-condition guidance (guidance_scale_text and guidance_scale_lyric both above 1)"
+        )
         notes["guidance_scale"] = f"{replaced} sets the strengths; guidance_scale only switches guidance on"
         for name in ("cfg_type", "guidance_interval_decay", "min_guidance_scale"):
             notes[name] = f"{replaced} replaces the cfg_type combination and its scale schedule"

@@ -11,16 +11,15 @@ import hmac
 import logging
 import mimetypes
 import os
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .errors import InvalidRequest, ServiceError, Unauthorized
-from .frontend import Frontend
-from .jobs import JobAccepted, JobRequest, JobStatus
-from .schemas import (
+from ..errors import InvalidRequest, ServiceError, Unauthorized
+from ..jobs import JobAccepted, JobRequest, JobStatus
+from ..schemas import (
     ErrorBody,
     ErrorResponse,
     GenerateRequest,
@@ -28,13 +27,12 @@ from .schemas import (
     ModelInfo,
     PresetInfo,
 )
+from .frontend import Frontend
 
 logger = logging.getLogger(__name__)
 
 API_KEYS_ENV = "ACESTEP_API_KEYS"
-ERROR_RESPONSES = {
-    status: {"model": ErrorResponse} for status in (401, 404, 409, 422, 500, 503)
-}
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (401, 404, 409, 422, 500, 503)}
 
 
 def require_api_key(request: Request) -> None:

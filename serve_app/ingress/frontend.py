@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Any, AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
-from .errors import InvalidRequest, NotFound, ServiceError, Unavailable
-from .jobs import JobRecords, JobRequest, JobStatus
-from .metrics import NullMetrics
-from .pipeline.registry import CATALOG
+from ..errors import InvalidRequest, NotFound, ServiceError, Unavailable
+from ..jobs import JobRecords, JobRequest, JobStatus
+from ..metrics import NullMetrics
+from ..pipeline.registry import CATALOG
+from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
+from ..storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageError
 from .planner import Planner, PlanningError
-from .schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
-from .storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageError
 
 JOB_EVENTS_KEEPALIVE_S = 15.0
 JOB_STATUS_TIMEOUT_S = 5.0
@@ -165,7 +166,7 @@ class Frontend:
     async def job(self, job_id: str) -> JobStatus:
         try:
             return await asyncio.wait_for(self._jobs().status(job_id), JOB_STATUS_TIMEOUT_S)
-        except (Unavailable, asyncio.TimeoutError):
+        except (TimeoutError, Unavailable):
             # The coordinator is restarting or swamped: its last recorded state is still an answer.
             try:
                 return (await asyncio.to_thread(self.job_records.load, job_id)).status

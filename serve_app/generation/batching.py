@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 Key = TypeVar("Key", bound=Hashable)
 Item = TypeVar("Item")
@@ -91,7 +92,7 @@ class KeyedBatcher(Generic[Key, Item, Result]):
                 timeout = None if wake_at is None else max(0.0, wake_at - self._clock())
                 try:
                     await asyncio.wait_for(self._arrived.wait(), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue
             await self._run(key)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
-from .model import MusicModel
+from .protocol import MusicModel
 from .registry import get_spec, load_model
 from .sampler import Sampler, StepCallback
 from .settings import BatchSettings, ItemSettings, SettingsError, check_supported, is_guided

@@ -12,24 +12,25 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
 
 import torch
 
-from .audio import content_type, encode_audio, file_extension, resample
+from ..audio import content_type, encode_audio, file_extension, resample
+from ..errors import GenerationFailed, Unavailable
+from ..metrics import NullMetrics
+from ..pipeline.music_pipeline import BatchOutput, ItemOutput, MusicPipeline
+from ..pipeline.settings import BatchSettings, ItemSettings
+from ..progress import GenerationCancelled, Progress, ProgressSink, Stage
+from ..schemas import GenerateResponse, GenerationPlan, ItemFailure, OutputFile
+from ..storage import ObjectStore, StorageError, build_output_key, write_output
 from .batching import BatchInfo, KeyedBatcher
-from .errors import GenerationFailed, Unavailable
-from .lifecycle import GenerationCancelled, Progress, ProgressSink, Stage
-from .metrics import NullMetrics
-from .pipeline.pipeline import BatchOutput, ItemOutput, MusicPipeline
-from .pipeline.settings import BatchSettings, ItemSettings
-from .schemas import GenerateResponse, GenerationPlan, ItemFailure, OutputFile
-from .storage import ObjectStore, StorageError, build_output_key, write_output
 
 logger = logging.getLogger(__name__)
+
 
 class ItemGenerationFailed(GenerationFailed):
     """One item could not be generated (e.g. non-finite values); its batch-mates may have been."""
@@ -226,7 +227,7 @@ class GenerationEngine:
             output.seed,
             file_extension(spec.format),
             name=spec.name,
-            when=datetime.now(timezone.utc),
+            when=datetime.now(UTC),
         )
         file = OutputFile(
             seed=output.seed,
@@ -245,7 +246,7 @@ class GenerationEngine:
             "params": resolved_params(plan),
             "warnings": [warning.model_dump() for warning in plan.warnings],
             "timings": timings,
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
         }
         started = time.perf_counter()
         try:
