@@ -22,7 +22,6 @@ from deployments.jobs import JobCoordinatorDeployment
 from serve_app.config import AppConfig
 
 from .conftest import TEST_MODEL, run_app
-from .s3_server import S3TestServer
 
 APP = "acestep-minio"
 PREFIX = "/minio"
@@ -30,9 +29,8 @@ BUCKET = "music-outputs"
 
 
 @pytest.fixture(scope="module")
-def s3():
-    with S3TestServer() as server:
-        yield server
+def s3(s3_server):
+    return s3_server
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +43,7 @@ def client(serve_instance, s3):
         batch_wait_s=0.05,
         storage={
             "kind": "minio",
-            "minio": {
-                "endpoint": s3.endpoint,
-                "access_key": "test-access-key",
-                "secret_key": "test-secret-key",
-                "bucket": BUCKET,
-                "secure": False,
-                "region": "us-east-1",
-            },
+            "minio": s3.minio_settings(BUCKET),
         },
     ).model_dump()
     # build_app's CPU composition, with the tightest queue limits.
@@ -71,7 +62,7 @@ def client(serve_instance, s3):
 
 @pytest.fixture(scope="module")
 def bucket(s3) -> Minio:
-    return Minio(s3.endpoint, "test-access-key", "test-secret-key", secure=False, region="us-east-1")
+    return s3.client()
 
 
 def keys(bucket: Minio) -> list[str]:
