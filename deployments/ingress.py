@@ -109,6 +109,9 @@ class ServeJobsClient:
     async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]:
         return await self._call(lambda: self.handle.wait_for_change.remote(job_id, version, timeout_s))
 
+    async def health(self) -> dict[str, str]:
+        return await self._call(lambda: self.handle.health.remote())
+
 
 # Deployment options (replicas, resources, queues) are in deployments/app.py.
 @serve.ingress()

@@ -5,9 +5,19 @@ replica reaches this one replica through a handle, so all of them see the
 same jobs; the state is also in the object store, so a restarted replica
 (Serve replaces it when its health check fails) resumes where the last one
 stopped before it answers anything.
+
+The replica starts whether or not the store is reachable: it reads its jobs
+back in the background, retrying until the store answers, and job calls made
+meanwhile get a 503 naming storage. A store outage never fails
+``check_health``: a new replica would find the same outage, and a replica that
+fails its constructor or its checks in a loop is given up by Serve
+(DEPLOY_FAILED), which is how the job API used to stay down after the store
+came back. The outage is reported in ``/health`` (``jobs``) and in the log.
 """
 
 from __future__ import annotations
+
+import logging
 
 from ray.serve.handle import DeploymentHandle
 
@@ -17,6 +27,8 @@ from serve_app.schemas import GenerationPlan
 
 from .calls import AcceptedStream, is_busy, is_replica_lost
 from .cluster import make_store
+
+logger = logging.getLogger("ray.serve")
 
 
 # Deployment options (one replica, queue size) are in deployments/app.py.
@@ -34,7 +46,7 @@ class JobCoordinatorDeployment:
             webhooks=WebhookSender(WebhookPolicy(allow_private_networks=settings.webhook_allow_private_networks)),
             config=CoordinatorConfig(max_in_flight=settings.jobs_max_in_flight),
         )
-        await self.jobs.recover()
+        self.jobs.start_recovery()
 
     async def submit(self, plan: GenerationPlan, webhook_url: str | None = None) -> JobStatus:
         return await self.jobs.submit(plan, webhook_url)
@@ -47,3 +59,11 @@ class JobCoordinatorDeployment:
 
     async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]:
         return await self.jobs.wait_for_change(job_id, version, timeout_s)
+
+    async def health(self) -> dict[str, str]:
+        return self.jobs.health()
+
+    def check_health(self) -> None:
+        # Deliberately never raises for storage (see the module docstring): the outage is logged instead.
+        if not self.jobs.recovered:
+            logger.warning("job coordinator healthy but waiting for the job store: %s", self.jobs.storage_problem)

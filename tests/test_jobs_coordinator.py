@@ -460,3 +460,47 @@ def test_a_cancel_that_races_the_end_reports_how_the_job_ended(store, monkeypatc
         return status
 
     assert asyncio.run(scenario()).status == "succeeded"
+
+
+class SwitchableStore:
+    """A local store that can be taken down: every call raises ``StorageUnavailableError`` while ``down``."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+        self.down = True
+
+    def __getattr__(self, name):
+        operation = getattr(self.store, name)
+
+        def call(*args, **kwargs):
+            if self.down:
+                raise StorageUnavailableError("store down")
+            return operation(*args, **kwargs)
+
+        return call
+
+
+def test_a_coordinator_started_without_its_store_answers_503_then_resumes_by_itself(store):
+    async def scenario():
+        earlier, _ = coordinator(store, ScriptedGenerator(hold=True))
+        unfinished = make_plan()
+        await earlier.submit(unfinished)
+        await earlier.close()  # an unfinished job is left in the store
+
+        switchable = SwitchableStore(store)
+        jobs, _ = coordinator(switchable, ScriptedGenerator(), recovery_backoff_s=60.0, recovery_wait_s=1.0)
+        jobs.start_recovery()
+        with pytest.raises(Unavailable, match="storage"):
+            await jobs.submit(make_plan())
+        health_while_down = jobs.health()
+
+        switchable.down = False  # a call wakes recovery at once, despite the 60 s backoff
+        accepted = await jobs.submit(make_plan())
+        statuses = [await wait_finished(jobs, job_id) for job_id in (unfinished.request_id, accepted.job_id)]
+        await jobs.close()
+        return health_while_down, jobs.health(), statuses
+
+    health_while_down, health_after, statuses = asyncio.run(scenario())
+    assert health_while_down == {"jobs": "waiting for storage", "jobs_problem": "store down"}
+    assert health_after == {"jobs": "ready"}
+    assert [status.status for status in statuses] == ["succeeded", "succeeded"]

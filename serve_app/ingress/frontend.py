@@ -24,6 +24,7 @@ from .planner import Planner, PlanningError
 JOB_EVENTS_KEEPALIVE_S = 15.0
 JOB_STATUS_TIMEOUT_S = 5.0
 """How long a status read waits for the coordinator before answering from the store instead."""
+JOBS_HEALTH_TIMEOUT_S = 2.0
 
 
 class GeneratorClient(Protocol):
@@ -44,6 +45,9 @@ class JobsClient(Protocol):
     async def cancel(self, job_id: str) -> JobStatus: ...
 
     async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]: ...
+
+    async def health(self) -> dict[str, str]:
+        """``{"jobs": "ready"}``, or another state with ``jobs_problem`` saying why."""
 
 
 def new_request_id() -> str:
@@ -131,8 +135,23 @@ class Frontend:
             storage = "ok"
         except StorageError:
             storage = "unavailable"
-        status = "ok" if generator_ready and storage == "ok" else "unavailable"
-        return {"status": status, "generator": "ready" if generator_ready else "not ready", "storage": storage}
+        jobs = await self._jobs_health()
+        ready = generator_ready and storage == "ok" and jobs.get("jobs") in ("ready", "disabled")
+        return {
+            "status": "ok" if ready else "unavailable",
+            "generator": "ready" if generator_ready else "not ready",
+            "storage": storage,
+            **jobs,
+        }
+
+    async def _jobs_health(self) -> dict[str, str]:
+        if self.jobs is None:
+            return {"jobs": "disabled"}
+        try:
+            return await asyncio.wait_for(self.jobs.health(), JOBS_HEALTH_TIMEOUT_S)
+        except (TimeoutError, ServiceError) as exc:
+            reason = exc.message if isinstance(exc, ServiceError) else "the job coordinator did not answer in time"
+            return {"jobs": "unavailable", "jobs_problem": reason}
 
     async def read_output(self, key: str) -> bytes:
         if not isinstance(self.store, LocalStore):

@@ -15,6 +15,7 @@ mid-job costs one retry; a second loss fails the job with that reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -51,6 +52,18 @@ class JobConflict(Conflict):
     """409: the job is finished; it can no longer be cancelled."""
 
 
+class JobStoreUnavailable(Unavailable):
+    """503: the coordinator has not read its jobs back yet because the object store is unreachable."""
+
+    def __init__(self, message: str = "", fields=None) -> None:
+        super().__init__(
+            message
+            or "jobs are unavailable: the job store (object storage) cannot be reached; "
+            "jobs resume by themselves once it returns, retry later",
+            fields,
+        )
+
+
 @dataclass(frozen=True)
 class CoordinatorConfig:
     max_in_flight: int = 64
@@ -66,6 +79,11 @@ class CoordinatorConfig:
     busy_backoff_s: float = 1.0
     """First wait before re-sending a job the generators refused as busy; doubles up to the max."""
     max_busy_backoff_s: float = 30.0
+    recovery_backoff_s: float = 1.0
+    """First wait before reading the store again when recovery found it unreachable; doubles up to the max."""
+    max_recovery_backoff_s: float = 30.0
+    recovery_wait_s: float = 5.0
+    """How long a call made while the store is unreachable waits for recovery before its 503."""
 
 
 def _now() -> datetime:
@@ -132,11 +150,68 @@ class JobCoordinator:
         self._tail_s: float | None = None
         """Measured seconds from a job's last diffusion step to its result (decode, encode, upload)."""
         self._background: set[asyncio.Task] = set()
+        self._recovered = asyncio.Event()
+        self._recovered.set()  # nothing to wait for until start_recovery() is called
+        self._retry_recovery = asyncio.Event()
+        self.storage_problem: str | None = None
+        """Why the last read of the job store failed, while recovery waits for it."""
+
+    # -------------------------------------------------------------- start-up
+
+    def start_recovery(self) -> None:
+        """Recover in the background, retrying with backoff until the store answers.
+
+        Until then every call waits up to ``recovery_wait_s`` (and wakes the
+        retry at once), then answers ``JobStoreUnavailable`` (503). So a
+        coordinator starts, and becomes useful, whether or not its store is up.
+        """
+        self._recovered.clear()
+        self._in_background(self._recover_until_done())
+
+    @property
+    def recovered(self) -> bool:
+        return self._recovered.is_set()
+
+    async def _recover_until_done(self) -> None:
+        delay = self.config.recovery_backoff_s
+        while True:
+            self._retry_recovery.clear()
+            try:
+                resumed = await self.recover()
+            except StorageError as exc:
+                if self.storage_problem is None:
+                    logger.error("the job store is unreachable; jobs wait for it (retrying in the background): %s", exc)
+                self.storage_problem = str(exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry_recovery.wait(), delay)
+                delay = min(2 * delay, self.config.max_recovery_backoff_s)
+                continue
+            if self.storage_problem is not None:
+                logger.warning("the job store is back; %d unfinished job(s) resumed", resumed)
+            self.storage_problem = None
+            self._recovered.set()
+            return
+
+    async def _ready(self) -> None:
+        if self._recovered.is_set():
+            return
+        self._retry_recovery.set()
+        try:
+            await asyncio.wait_for(self._recovered.wait(), self.config.recovery_wait_s)
+        except TimeoutError:
+            raise JobStoreUnavailable() from None
+
+    def health(self) -> dict[str, str]:
+        """``{"jobs": "ready"}``, or ``"waiting for storage"`` with the reason (for operators)."""
+        if self.recovered:
+            return {"jobs": "ready"}
+        return {"jobs": "waiting for storage", "jobs_problem": self.storage_problem or "reading the job store"}
 
     # ------------------------------------------------------------------ public
 
     async def submit(self, plan: GenerationPlan, webhook_url: str | None = None) -> JobStatus:
         """Accept a plan; ``Unavailable`` (503) if the job cannot be recorded, and then nothing runs."""
+        await self._ready()
         job_id = plan.request_id
         if job_id in self._jobs:
             raise ValueError(f"job {job_id} already exists")
@@ -158,6 +233,7 @@ class JobCoordinator:
         return self._public(job)
 
     async def status(self, job_id: str) -> JobStatus:
+        await self._ready()
         job = self._jobs.get(job_id)
         if job is not None:
             return self._public(job)
@@ -165,6 +241,7 @@ class JobCoordinator:
 
     async def cancel(self, job_id: str) -> JobStatus:
         """Cancel a queued job at once, a running one at its next diffusion step."""
+        await self._ready()
         job = self._jobs.get(job_id)
         if job is None:
             status = await self.status(job_id)  # JobNotFound for an unknown id
@@ -186,6 +263,7 @@ class JobCoordinator:
 
     async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]:
         """Long poll: the job's status once its version exceeds ``version``, or after ``timeout_s``."""
+        await self._ready()
         job = self._jobs.get(job_id)
         if job is None:
             status = await self.status(job_id)
@@ -203,7 +281,11 @@ class JobCoordinator:
         return job.version, self._public(job)
 
     async def recover(self) -> int:
-        """Resume the unfinished jobs an earlier coordinator left in the store; returns how many."""
+        """Resume the unfinished jobs an earlier coordinator left in the store; returns how many.
+
+        Raises ``StorageError`` when the store cannot be read, having changed nothing,
+        so it can simply be called again.
+        """
         resumed = []
         for job_id in await asyncio.to_thread(self.records.active_ids):
             try:
@@ -211,9 +293,9 @@ class JobCoordinator:
             except JobNotFound:
                 await asyncio.to_thread(self._clear_marker_quietly, job_id)
                 continue
-            job = _Job(record)
-            self._jobs[job_id] = job
-            resumed.append(job)
+            resumed.append(_Job(record))
+        for job in resumed:
+            self._jobs[job.status.job_id] = job
         resumed.sort(key=lambda job: job.status.created_at)
         for job in resumed:
             if job.status.finished:
