@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ import torch
 
 from ..audio import content_type, encode_audio, file_extension, resample
 from ..errors import GenerationFailed, Unavailable
+from ..janitor import PendingUploads
 from ..metrics import NullMetrics
 from ..pipeline.music_pipeline import BatchOutput, ItemOutput, MusicPipeline
 from ..pipeline.settings import BatchSettings, ItemSettings
@@ -51,6 +53,8 @@ class EngineConfig:
     """Caps the batch by total audio, so long durations get smaller batches."""
     batch_wait_s: float = 0.1
     output_prefix: str = ""
+    jobs_prefix: str = "jobs"
+    """Where the pending-upload markers go (``{jobs_prefix}/uploads/``, see ``serve_app.janitor``)."""
     io_workers: int = 4
 
 
@@ -66,6 +70,26 @@ class _Work:
     def report(self, stage: Stage, step: int = 0) -> None:
         if self.progress is not None:
             self.progress(Progress(self.request_id, self.index, stage, step, self.total_steps))
+
+
+class _Upload:
+    """One request's outputs in the store: its marker is written once, before the first output."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.started_at = datetime.now(UTC)
+        """Also the date in every key of the request, so all its outputs share one folder."""
+        self.folder: str | None = None
+        """Set once the marker is written."""
+        self.lock = threading.Lock()
+        self.writes: list[asyncio.Future] = []
+
+    def begin(self, uploads: PendingUploads, key: str) -> None:
+        with self.lock:
+            if self.folder is None:
+                folder = key.rpartition("/")[0]
+                uploads.begin(self.request_id, folder, self.started_at)
+                self.folder = folder
 
 
 @dataclass
@@ -99,6 +123,8 @@ class GenerationEngine:
         self._gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")
         self._io = ThreadPoolExecutor(self.config.io_workers, thread_name_prefix="encode-upload")
         self._device_error: str | None = None
+        self.uploads = PendingUploads(store, self.config.jobs_prefix)
+        self._background: set[asyncio.Task] = set()
 
     def batch_cap(self, settings: BatchSettings) -> int:
         by_audio = math.floor(self.config.max_batch_audio_s / settings.audio_duration)
@@ -117,15 +143,17 @@ class GenerationEngine:
         ]
         for work in works:
             work.report("queued")
+        upload = _Upload(plan.request_id)
         try:
             results = await asyncio.gather(
-                *(self._produce(plan, settings, work) for work in works), return_exceptions=True
+                *(self._produce(plan, settings, work, upload) for work in works), return_exceptions=True
             )
         except asyncio.CancelledError:
             for work in works:
                 work.cancelled = True
+            self._in_background(self._abandon(upload))
             raise
-        return await self._respond(plan, works, results, time.perf_counter() - started)
+        return await self._respond(plan, upload, results, time.perf_counter() - started)
 
     async def events(self, plan: GenerationPlan) -> AsyncIterator[list[Progress] | GenerateResponse]:
         """``generate`` as a stream: progress as it happens, then the response.
@@ -160,7 +188,7 @@ class GenerationEngine:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-    async def _produce(self, plan: GenerationPlan, settings: BatchSettings, work: _Work) -> _Written:
+    async def _produce(self, plan: GenerationPlan, settings: BatchSettings, work: _Work, upload: _Upload) -> _Written:
         generated, batch = await self._batcher.submit(settings, work)
         self.metrics.queue_wait(settings.model, batch.queue_wait_s)
         output = generated.output
@@ -169,13 +197,10 @@ class GenerationEngine:
         if output.error is not None:
             raise ItemGenerationFailed(output.seed, output.error)
         work.report("encoding", work.total_steps)
-        write = asyncio.get_running_loop().run_in_executor(self._io, self._write, plan, generated, batch)
-        try:
-            written = await asyncio.shield(write)
-        except asyncio.CancelledError:
-            # The request was abandoned while its files were being written: remove them once they land.
-            write.add_done_callback(self._discard_abandoned)
-            raise
+        write = asyncio.get_running_loop().run_in_executor(self._io, self._write, plan, generated, batch, upload)
+        upload.writes.append(write)
+        # Shielded: a write the request abandons still finishes, and is then removed (``_abandon``).
+        written = await asyncio.shield(write)
         work.report("done", work.total_steps)
         return written
 
@@ -211,7 +236,7 @@ class GenerationEngine:
         self.metrics.batch_finished(settings.model, len(works), finished * settings.audio_duration, elapsed)
         return [_Generated(item, output.sample_rate, dict(output.timings)) for item in output.items]
 
-    def _write(self, plan: GenerationPlan, generated: _Generated, batch: BatchInfo) -> _Written:
+    def _write(self, plan: GenerationPlan, generated: _Generated, batch: BatchInfo, upload: _Upload) -> _Written:
         spec, output = plan.output, generated.output
         timings = {"queue_s": batch.queue_wait_s, **generated.timings}
         started = time.perf_counter()
@@ -227,7 +252,7 @@ class GenerationEngine:
             output.seed,
             file_extension(spec.format),
             name=spec.name,
-            when=datetime.now(UTC),
+            when=upload.started_at,
         )
         file = OutputFile(
             seed=output.seed,
@@ -250,6 +275,7 @@ class GenerationEngine:
         }
         started = time.perf_counter()
         try:
+            upload.begin(self.uploads, key)
             write_output(self.store, key, data, content_type(spec.format), sidecar)
             url = self.store.url(key)
         except StorageError as exc:
@@ -261,16 +287,18 @@ class GenerationEngine:
         self.metrics.storage_op("write_output", timings["upload_s"], ok=True)
         return _Written(file.model_copy(update={"url": url}), timings)
 
-    async def _respond(
-        self, plan: GenerationPlan, works: list[_Work], results: list, elapsed: float
-    ) -> GenerateResponse:
+    async def _respond(self, plan: GenerationPlan, upload: _Upload, results: list, elapsed: float) -> GenerateResponse:
         written = [result for result in results if isinstance(result, _Written)]
         errors = [result for result in results if isinstance(result, BaseException)]
         failures = [error for error in errors if isinstance(error, ItemGenerationFailed)]
         fatal = [error for error in errors if not isinstance(error, (ItemGenerationFailed, GenerationCancelled))]
+        if not fatal and written and not await self._commit(upload):
+            fatal = [Unavailable("object storage is unavailable; nothing was stored, retry later")]
         if fatal or not written:
-            # The request fails as a whole: remove what it already wrote.
-            await asyncio.get_running_loop().run_in_executor(self._io, self._discard, written)
+            # The request fails as a whole: remove what it wrote (its failed writes too may have left
+            # objects), then its marker; what the store refuses now, the janitor removes later.
+            if upload.folder is not None and await self._remove_outputs(upload):
+                await self._commit(upload)
             if fatal:
                 raise next((error for error in fatal if isinstance(error, Unavailable)), fatal[0])
             if failures:
@@ -292,19 +320,33 @@ class GenerationEngine:
             failures=[ItemFailure(seed=error.seed, message=error.reason) for error in failures],
         )
 
-    def _discard_abandoned(self, write: asyncio.Future) -> None:
-        if not write.cancelled() and write.exception() is None:
-            self._io.submit(self._discard, [write.result()])
+    async def _remove_outputs(self, upload: _Upload) -> bool:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._io, self.uploads.remove_outputs, upload.folder)
+        except StorageError as exc:
+            logger.warning("request %s failed; its outputs are left for the janitor: %s", upload.request_id, exc)
+            return False
+        return True
 
-    def _discard(self, written: list[_Written]) -> None:
-        # Audio first: an audio object never outlives its sidecar (see write_output).
-        for result in written:
-            for key in (result.file.key, result.file.sidecar_key):
-                try:
-                    self.store.delete(key)
-                except StorageError as exc:
-                    logger.warning("could not remove %s of a failed request: %s", key, exc)
-                    break
+    async def _commit(self, upload: _Upload) -> bool:
+        """Drop the request's pending-upload marker; False if the store refused."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._io, self.uploads.commit, upload.request_id)
+        except StorageError as exc:
+            logger.error("request %s: committing its outputs failed: %s", upload.request_id, exc)
+            return False
+        return True
+
+    async def _abandon(self, upload: _Upload) -> None:
+        """A cancelled request: once the writes it started have landed, remove them and its marker."""
+        await asyncio.gather(*upload.writes, return_exceptions=True)
+        if upload.folder is not None and await self._remove_outputs(upload):
+            await self._commit(upload)
+
+    def _in_background(self, work) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._background.discard)
 
     def loaded(self) -> bool:
         return all(pipeline.loaded_variants() for pipeline in self.pipelines.values())
