@@ -65,6 +65,7 @@ class Generator:
             ),
             metrics=ServeMetrics(),
         )
+        self.engine.check_store()
 
     async def generate(self, plan: GenerationPlan) -> GenerateResponse:
         return await self.engine.generate(plan)
