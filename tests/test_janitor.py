@@ -15,10 +15,10 @@ from serve_app.errors import Unavailable
 from serve_app.generation.engine import EngineConfig, GenerationEngine
 from serve_app.ingress.planner import Planner
 from serve_app.ingress.presets import PresetBook
-from serve_app.janitor import Janitor, PendingUploads
 from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.schemas import GenerateRequest
 from serve_app.storage import LocalStore, MinioStore
+from serve_app.storage.janitor import Janitor, PendingUploads
 
 from .conftest import TEST_MODEL
 

@@ -18,7 +18,7 @@ from ..jobs import JobRecords, JobRequest, JobStatus
 from ..metrics import NullMetrics
 from ..pipeline.registry import CATALOG
 from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
-from ..storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageError
+from ..storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageConfigError, StorageError
 from .planner import Planner, PlanningError
 
 JOB_EVENTS_KEEPALIVE_S = 15.0
@@ -130,19 +130,24 @@ class Frontend:
 
     async def health(self) -> dict[str, Any]:
         generator_ready = await self.generator.ready()
+        problem = None
         try:
             await asyncio.to_thread(self.store.check)
             storage = "ok"
+        except StorageConfigError as exc:
+            storage, problem = "misconfigured", exc.public_message
         except StorageError:
             storage = "unavailable"
         jobs = await self._jobs_health()
         ready = generator_ready and storage == "ok" and jobs.get("jobs") in ("ready", "disabled")
-        return {
+        health = {
             "status": "ok" if ready else "unavailable",
             "generator": "ready" if generator_ready else "not ready",
             "storage": storage,
-            **jobs,
         }
+        if problem is not None:
+            health["storage_problem"] = problem
+        return health | jobs
 
     async def _jobs_health(self) -> dict[str, str]:
         if self.jobs is None:

@@ -29,7 +29,9 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from .storage import SIDECAR_SUFFIX, ObjectNotFoundError, ObjectStore
+from .errors import ObjectNotFoundError
+from .keys import SIDECAR_SUFFIX
+from .protocol import ObjectStore
 
 logger = logging.getLogger(__name__)
 
