@@ -44,6 +44,7 @@ class Generator:
                 max_batch_audio_s=self.config.max_batch_audio_s,
                 batch_wait_s=self.config.batch_wait_s,
                 output_prefix=self.config.output_prefix,
+                jobs_prefix=self.config.jobs_prefix,
             ),
             metrics=ServeMetrics(),
         )

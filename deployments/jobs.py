@@ -17,13 +17,17 @@ came back. The outage is reported in ``/health`` (``jobs``) and in the log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import timedelta
 
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
 from serve_app.jobs import CoordinatorConfig, JobCoordinator, JobRecords, JobStatus, WebhookPolicy, WebhookSender
 from serve_app.schemas import GenerationPlan
+from serve_app.storage.maintenance import StoreMaintenance
+from serve_app.storage.retention import RetentionPolicy
 
 from .calls import AcceptedStream, is_busy, is_replica_lost
 from .cluster import make_store
@@ -36,8 +40,9 @@ class JobCoordinatorDeployment:
     async def __init__(self, generator: DeploymentHandle, config: dict) -> None:
         settings = AppConfig.model_validate(config)
         self._generator = generator.options(stream=True)
+        store = make_store(settings)
         self.jobs = JobCoordinator(
-            JobRecords(make_store(settings), prefix=settings.jobs_prefix),
+            JobRecords(store, prefix=settings.jobs_prefix),
             lambda plan: AcceptedStream(
                 self._generator.generate_events.remote(plan), "generator", settings.generate_timeout_s
             ),
@@ -47,6 +52,15 @@ class JobCoordinatorDeployment:
             config=CoordinatorConfig(max_in_flight=settings.jobs_max_in_flight),
         )
         self.jobs.start_recovery()
+        # This deployment has one replica: the natural home of the store's housekeeping.
+        maintenance = StoreMaintenance(
+            store,
+            RetentionPolicy(settings.output_ttl_days, settings.output_prefix, settings.jobs_prefix),
+            abandoned_after=timedelta(seconds=settings.abandoned_upload_after_s),
+        )
+        self._maintenance = asyncio.get_running_loop().create_task(
+            maintenance.run_forever(settings.maintenance_interval_s)
+        )
 
     async def submit(self, plan: GenerationPlan, webhook_url: str | None = None) -> JobStatus:
         return await self.jobs.submit(plan, webhook_url)

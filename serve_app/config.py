@@ -80,7 +80,17 @@ class AppConfig(BaseModel):
     warmup_variants: list[Literal["bf16", "fp32"]] = Field(default_factory=lambda: ["bf16"], min_length=1)
     """Weight variants loaded (and warmed up) at start; another loads on first use."""
     jobs_prefix: str = Field(default="jobs", pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    """Key prefix of the job records in the store; reserved, so no output is written under it."""
+    """Key prefix of the job records and pending-upload markers in the store; reserved, so no output
+    is written under it."""
+    output_ttl_days: int | None = Field(default=None, ge=1)
+    """Outputs, their sidecars and job records are deleted this many days after they were written
+    (None: kept forever). On MinIO/S3 a bucket lifecycle rule (the store expires them); on the local
+    store a sweep every ``maintenance_interval_s``."""
+    maintenance_interval_s: float = Field(default=600.0, gt=0)
+    """How often the job coordinator removes what failed uploads left and sweeps expired local outputs."""
+    abandoned_upload_after_s: float = Field(default=3600.0, gt=0)
+    """A request's uploads still unfinished after this long were abandoned (their request failed or
+    its replica died): what they left is removed. Keep it above the longest request's upload span."""
     jobs_max_in_flight: int = Field(default=64, ge=1)
     """Jobs sent to the generators at once; the rest wait in the coordinator, in order."""
     webhook_allow_private_networks: bool = False
