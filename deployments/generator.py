@@ -5,6 +5,7 @@ Thin: ``GenerationEngine`` holds the logic.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -14,6 +15,7 @@ from serve_app.metrics import ServeMetrics
 from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.progress import Progress
 from serve_app.schemas import GenerateResponse, GenerationPlan
+from serve_app.storage.watch import StorageWatch
 
 from .cluster import make_store
 
@@ -49,6 +51,7 @@ class Generator:
             metrics=ServeMetrics(),
         )
         self.engine.check_store()
+        self._storage = StorageWatch(self.engine.store, "generator")
 
     async def generate(self, plan: GenerationPlan) -> GenerateResponse:
         return await self.engine.generate(plan)
@@ -58,5 +61,7 @@ class Generator:
         async for event in self.engine.events(plan):
             yield event
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:
         self.engine.check_health()
+        # A store outage is logged, never fatal: see serve_app/storage/watch.py.
+        await asyncio.to_thread(self._storage.observe)

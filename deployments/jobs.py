@@ -18,7 +18,6 @@ came back. The outage is reported in ``/health`` (``jobs``) and in the log.
 from __future__ import annotations
 
 import asyncio
-import logging
 from datetime import timedelta
 
 from ray.serve.handle import DeploymentHandle
@@ -28,11 +27,10 @@ from serve_app.jobs import CoordinatorConfig, JobCoordinator, JobRecords, JobSta
 from serve_app.schemas import GenerationPlan
 from serve_app.storage.maintenance import StoreMaintenance
 from serve_app.storage.retention import RetentionPolicy
+from serve_app.storage.watch import StorageWatch
 
 from .calls import AcceptedStream, is_busy, is_replica_lost
 from .cluster import make_store
-
-logger = logging.getLogger("ray.serve")
 
 
 # Deployment options (one replica, queue size) are in deployments/app.py.
@@ -52,6 +50,7 @@ class JobCoordinatorDeployment:
             config=CoordinatorConfig(max_in_flight=settings.jobs_max_in_flight),
         )
         self.jobs.start_recovery()
+        self._storage = StorageWatch(store, "job coordinator")
         # This deployment has one replica: the natural home of the store's housekeeping.
         maintenance = StoreMaintenance(
             store,
@@ -77,7 +76,6 @@ class JobCoordinatorDeployment:
     async def health(self) -> dict[str, str]:
         return self.jobs.health()
 
-    def check_health(self) -> None:
-        # Deliberately never raises for storage (see the module docstring): the outage is logged instead.
-        if not self.jobs.recovered:
-            logger.warning("job coordinator healthy but waiting for the job store: %s", self.jobs.storage_problem)
+    async def check_health(self) -> None:
+        # Never raises for storage (see the module docstring): an outage is logged instead.
+        await asyncio.to_thread(self._storage.observe)
