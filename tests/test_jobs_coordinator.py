@@ -7,13 +7,13 @@ import secrets
 
 import pytest
 
-from serve_app.errors import Unavailable
+from serve_app.errors import StorageMisconfigured, Unavailable
 from serve_app.jobs import CoordinatorConfig, JobConflict, JobCoordinator, JobNotFound, JobRecords
 from serve_app.jobs.webhooks import DeliveryOutcome
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
 from serve_app.progress import Progress
 from serve_app.schemas import GenerateResponse, GenerationPlan, Output
-from serve_app.storage import LocalStore, StorageUnavailableError
+from serve_app.storage import LocalStore, StorageConfigError, StorageUnavailableError
 
 STEPS = 4
 
@@ -463,18 +463,19 @@ def test_a_cancel_that_races_the_end_reports_how_the_job_ended(store, monkeypatc
 
 
 class SwitchableStore:
-    """A local store that can be taken down: every call raises ``StorageUnavailableError`` while ``down``."""
+    """A local store that can be taken down: every call raises ``failure`` while ``down``."""
 
-    def __init__(self, store: LocalStore) -> None:
+    def __init__(self, store: LocalStore, failure: Exception | None = None) -> None:
         self.store = store
         self.down = True
+        self.failure = failure or StorageUnavailableError("store down at 127.0.0.1:9")
 
     def __getattr__(self, name):
         operation = getattr(self.store, name)
 
         def call(*args, **kwargs):
             if self.down:
-                raise StorageUnavailableError("store down")
+                raise self.failure
             return operation(*args, **kwargs)
 
         return call
@@ -501,6 +502,28 @@ def test_a_coordinator_started_without_its_store_answers_503_then_resumes_by_its
         return health_while_down, jobs.health(), statuses
 
     health_while_down, health_after, statuses = asyncio.run(scenario())
-    assert health_while_down == {"jobs": "waiting for storage", "jobs_problem": "store down"}
+    assert health_while_down == {"jobs": "waiting for storage", "jobs_problem": "the object store cannot be reached"}
     assert health_after == {"jobs": "ready"}
     assert [status.status for status in statuses] == ["succeeded", "succeeded"]
+
+
+def test_while_recovery_meets_a_misconfigured_store_job_calls_say_so_and_are_not_retryable(store):
+    rejected = StorageConfigError(
+        "403 at 127.0.0.1:9", reason="the store rejected the keys", setting="MINIO_SECRET_KEY"
+    )
+
+    async def scenario():
+        jobs, _ = coordinator(SwitchableStore(store, rejected), ScriptedGenerator(), recovery_wait_s=0.5)
+        jobs.start_recovery()
+        with pytest.raises(StorageMisconfigured) as refused:
+            await jobs.submit(make_plan())
+        health = jobs.health()
+        await jobs.close()
+        return refused.value, health
+
+    refused, health = asyncio.run(scenario())
+    assert "MINIO_SECRET_KEY" in refused.message and "127.0.0.1" not in refused.message
+    assert health == {
+        "jobs": "waiting for storage",
+        "jobs_problem": "the store rejected the keys; check MINIO_SECRET_KEY",
+    }

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from ..errors import Conflict, ServiceError, Unavailable
+from ..errors import Conflict, ServiceError, StorageMisconfigured, Unavailable
 from ..progress import GenerationCancelled, Progress
 from ..schemas import GenerateResponse, GenerationPlan
-from ..storage import StorageError
+from ..storage import StorageConfigError, StorageError
 from .models import ItemProgress, JobError, JobProgress, JobRecord, JobStatus, WebhookDelivery
 from .records import JobNotFound, JobRecords
 from .webhooks import WebhookSender
@@ -153,7 +153,7 @@ class JobCoordinator:
         self._recovered = asyncio.Event()
         self._recovered.set()  # nothing to wait for until start_recovery() is called
         self._retry_recovery = asyncio.Event()
-        self.storage_problem: str | None = None
+        self._recovery_error: StorageError | None = None
         """Why the last read of the job store failed, while recovery waits for it."""
 
     # -------------------------------------------------------------- start-up
@@ -179,16 +179,16 @@ class JobCoordinator:
             try:
                 resumed = await self.recover()
             except StorageError as exc:
-                if self.storage_problem is None:
-                    logger.error("the job store is unreachable; jobs wait for it (retrying in the background): %s", exc)
-                self.storage_problem = str(exc)
+                if self._recovery_error is None:
+                    logger.error("the job store cannot be read; jobs wait for it (retrying in the background): %s", exc)
+                self._recovery_error = exc
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._retry_recovery.wait(), delay)
                 delay = min(2 * delay, self.config.max_recovery_backoff_s)
                 continue
-            if self.storage_problem is not None:
+            if self._recovery_error is not None:
                 logger.warning("the job store is back; %d unfinished job(s) resumed", resumed)
-            self.storage_problem = None
+            self._recovery_error = None
             self._recovered.set()
             return
 
@@ -199,13 +199,20 @@ class JobCoordinator:
         try:
             await asyncio.wait_for(self._recovered.wait(), self.config.recovery_wait_s)
         except TimeoutError:
+            if isinstance(self._recovery_error, StorageConfigError):
+                raise StorageMisconfigured.because(self._recovery_error.public_message) from None
             raise JobStoreUnavailable() from None
 
     def health(self) -> dict[str, str]:
         """``{"jobs": "ready"}``, or ``"waiting for storage"`` with the reason (for operators)."""
         if self.recovered:
             return {"jobs": "ready"}
-        return {"jobs": "waiting for storage", "jobs_problem": self.storage_problem or "reading the job store"}
+        error = self._recovery_error
+        if isinstance(error, StorageConfigError):
+            problem = error.public_message
+        else:
+            problem = "the object store cannot be reached" if error else "reading the job store"
+        return {"jobs": "waiting for storage", "jobs_problem": problem}
 
     # ------------------------------------------------------------------ public
 
@@ -227,6 +234,8 @@ class JobCoordinator:
         except StorageError as exc:
             logger.error("job %s could not be recorded: %s", job_id, exc)
             await asyncio.to_thread(self._clear_marker_quietly, job_id)
+            if isinstance(exc, StorageConfigError):
+                raise StorageMisconfigured.because(exc.public_message) from None
             raise Unavailable("the job store is unavailable; the job was not accepted, retry later") from None
         job.persisted_at = self._clock()
         self._enqueue(job)
