@@ -55,7 +55,7 @@ class EngineConfig:
     batch_wait_s: float = 0.1
     output_prefix: str = ""
     jobs_prefix: str = "jobs"
-    """Where the pending-upload markers go (``{jobs_prefix}/uploads/``, see ``serve_app.janitor``)."""
+    """Where the pending-upload markers go (``{jobs_prefix}/uploads/``, see ``serve_app.storage.janitor``)."""
     io_workers: int = 4
 
 
