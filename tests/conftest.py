@@ -31,6 +31,7 @@ def models_root(tmp_path_factory):
 
 # ------------------------------------------------------------------ Ray Serve
 
+
 def free_port() -> int:
     """A port nothing listens on now, so parallel test sessions on one machine do not collide."""
     with socket.socket() as probe:
@@ -84,3 +85,13 @@ def run_app(app, name: str, route_prefix: str | None) -> None:
         pytest.fail(f"app {name!r} not running after {SERVE_RUN_TIMEOUT_S}s: {serve.status().applications.get(name)}")
     if failure:
         raise failure[0]
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster(models_root):
+    """A multi-node Ray cluster with GPU workers (``tests/cluster.py``); one per test module."""
+    from .cluster import GpuCluster
+
+    cluster = GpuCluster(workers=2)
+    yield cluster
+    cluster.shutdown()
