@@ -2,7 +2,8 @@
 
 The model every service test runs is ``TEST_MODEL``, a tiny random-weight
 checkpoint written in the real layout and loaded through the real code path.
-Ray starts at most once per session, and only for tests that ask for it.
+Ray starts at most once per session, and only for tests that ask for it; so
+does the S3 server (SeaweedFS, see s3_server.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ def models_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     os.environ[MODELS_DIR_ENV] = str(root)
     return root
+
+
+# ----------------------------------------------------------------- S3 server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One real S3 server (SeaweedFS) for the session, with keys enforced.
+
+    Tests share it: each takes its own bucket (``s3_server.new_bucket()``). A
+    test that stops it for an outage must start it again before it returns.
+    """
+    from .s3_server import SeaweedS3
+
+    with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
 
 
 # ------------------------------------------------------------------ Ray Serve

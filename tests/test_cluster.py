@@ -1,4 +1,4 @@
-"""The service on a multi-node Ray cluster, over real HTTP, with outputs in an S3 store.
+"""The service on a multi-node Ray cluster, over real HTTP, with outputs in a real S3 server (SeaweedFS).
 
 One cluster for the module (``gpu_cluster``: a head without GPUs, two workers
 declaring 2 GPUs each) and one app deployed from ``configs/serve_cluster_test.yaml``
@@ -20,10 +20,8 @@ import pytest
 import soundfile as sf
 
 from .cluster import GpuCluster
-from .s3_server import S3TestServer
 
 APP = "acestep"
-BUCKET = "cluster-outputs"
 QUICK = {"prompt": "minimal techno", "preset": "precision", "audio_duration": 1.0, "infer_step": 4}
 # Long enough to still be on the generator when its node goes away.
 SLOW = {**QUICK, "audio_duration": 2.0, "infer_step": 40}
@@ -32,23 +30,14 @@ TIMINGS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
-def s3():
-    with S3TestServer() as server:
-        yield server
+def bucket(s3_server) -> str:
+    return s3_server.new_bucket("cluster")
 
 
 @pytest.fixture(scope="module")
-def cluster(gpu_cluster: GpuCluster, s3):
-    minio = {
-        "endpoint": s3.endpoint,
-        "access_key": "test-access-key",
-        "secret_key": "test-secret-key",
-        "bucket": BUCKET,
-        "secure": False,
-        "region": "us-east-1",
-    }
+def cluster(gpu_cluster: GpuCluster, s3_server, bucket):
     started = time.monotonic()
-    gpu_cluster.deploy({"storage": {"minio": minio}})
+    gpu_cluster.deploy({"storage": {"minio": s3_server.minio_settings(bucket)}})
     TIMINGS["deploy to RUNNING (first generator replica started, model loaded)"] = time.monotonic() - started
     yield gpu_cluster
     print("\ncluster timings:", *(f"  {what}: {seconds:.1f} s" for what, seconds in TIMINGS.items()), sep="\n")
@@ -111,7 +100,7 @@ def wait_for_job_end(cluster: GpuCluster, client: httpx.Client, job_id: str) -> 
     return job_status(client, job_id)
 
 
-def test_under_load_generators_scale_out_over_nodes_and_every_output_is_readable(cluster, client, s3):
+def test_under_load_generators_scale_out_over_nodes_and_every_output_is_readable(cluster, client, s3_server, bucket):
     assert cluster.replicas("Generator") == 1
     TIMINGS["scale-out 1 -> 2 generator replicas under 8 clients"] = two_generators_on_two_nodes(cluster, client)
     head = cluster.cluster.head_node.node_id
@@ -124,7 +113,7 @@ def test_under_load_generators_scale_out_over_nodes_and_every_output_is_readable
     assert [response.status_code for response in responses] == [200] * 8, [r.text for r in responses]
     for response in responses:
         (output,) = response.json()["outputs"]
-        assert output["url"].startswith(f"http://{s3.endpoint}/{BUCKET}/{output['key']}?")
+        assert output["url"].startswith(f"http://{s3_server.endpoint}/{bucket}/{output['key']}?")
         assert fetch_presigned(output["url"]) == (48000, (48000, 2))
 
 

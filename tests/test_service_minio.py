@@ -19,7 +19,6 @@ from minio import Minio
 from deployments.app import build_app
 
 from .conftest import TEST_MODEL, run_app
-from .s3_server import S3TestServer
 
 APP = "acestep-minio"
 PREFIX = "/minio"
@@ -27,9 +26,8 @@ BUCKET = "music-outputs"
 
 
 @pytest.fixture(scope="module")
-def s3():
-    with S3TestServer() as server:
-        yield server
+def s3(s3_server):
+    return s3_server
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +39,7 @@ def client(serve_instance, s3):
             models=[TEST_MODEL],
             num_gpus=0,
             batch_wait_s=0.05,
-            storage={
-                "kind": "minio",
-                "minio": {
-                    "endpoint": s3.endpoint,
-                    "access_key": "test-access-key",
-                    "secret_key": "test-secret-key",
-                    "bucket": BUCKET,
-                    "secure": False,
-                    "region": "us-east-1",
-                },
-            },
+            storage={"kind": "minio", "minio": s3.minio_settings(BUCKET)},
             # The tightest queue limits.
             deployment_options={"Generator": {"max_ongoing_requests": 1, "max_queued_requests": 1}},
         )
@@ -64,7 +52,7 @@ def client(serve_instance, s3):
 
 @pytest.fixture(scope="module")
 def bucket(s3) -> Minio:
-    return Minio(s3.endpoint, "test-access-key", "test-secret-key", secure=False, region="us-east-1")
+    return s3.client()
 
 
 def keys(bucket: Minio) -> list[str]:

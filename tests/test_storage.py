@@ -1,12 +1,10 @@
-"""Tests for serve_app.storage against a real S3 endpoint (moto) and a local directory."""
+"""Tests for serve_app.storage against a real S3 server (SeaweedFS) and a local directory."""
 
 from __future__ import annotations
 
 import hashlib
 import http.server
-import itertools
 import json
-import os
 import socket
 import threading
 import urllib.request
@@ -35,24 +33,20 @@ from serve_app.storage import (
     write_output,
 )
 
-from .s3_server import S3TestServer
-
 WHEN = datetime(2025, 3, 4, 23, 30, tzinfo=UTC)
-_bucket_ids = itertools.count()
 
 
 # ============================================================================ fixtures
 
 
-@pytest.fixture(scope="module")
-def s3():
-    with S3TestServer() as server:
-        yield server
+@pytest.fixture
+def s3(s3_server):
+    return s3_server
 
 
 @pytest.fixture
-def bucket():
-    return f"test-{os.getpid()}-{next(_bucket_ids)}"
+def bucket(s3_server):
+    return s3_server.new_bucket()
 
 
 class SleepRecorder:
@@ -76,7 +70,7 @@ def minio_store(s3, bucket, sleeps):
 
 
 def raw_client(s3) -> Minio:
-    return Minio(s3.endpoint, "k", "s", secure=False, region="us-east-1")
+    return s3.client()
 
 
 @pytest.fixture(params=["minio", "local"])
@@ -581,7 +575,7 @@ def test_minio_outage_raises_unavailable_then_recovers(s3, bucket, sleeps):
         with pytest.raises(StorageUnavailableError):
             store.get("before.wav")
     finally:
-        s3.start()  # same port; moto keeps its data across restarts
+        s3.start()  # same ports and data
     assert store.list("") == ["before.wav"]  # nothing half-written
     store.put("after.wav", b"y", "audio/wav")  # the same store reconnects
     assert store.get("after.wav") == b"y"
