@@ -86,7 +86,10 @@ def two_generators_on_two_nodes(cluster: GpuCluster, client: httpx.Client) -> fl
             "generator scaled out to 2 replicas on 2 nodes",
         )
     finally:
-        assert set(load.finish()) <= {200}
+        statuses = load.finish()
+        # A request that no replica takes within generate_timeout_s (the second one still
+        # loading, the first one full) is shed with a 503, never left waiting.
+        assert 200 in statuses and set(statuses) <= {200, 503}, statuses
 
 
 def job_status(client: httpx.Client, job_id: str) -> dict:
