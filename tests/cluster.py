@@ -24,7 +24,9 @@ and ``args`` in a build task on the cluster, and applies the YAML's
 Pitfalls handled here (../shared/ray-serve-scheduling.md): ``Cluster`` writes its
 address where a plain ``ray.init()`` would find it, so ``RAY_TMPDIR`` points at
 a private directory while the cluster lives; the head gets its own dashboard
-port. One cluster per test module: starting one costs seconds and ~1 GiB.
+port. One cluster per test module (the ``gpu_cluster`` fixture in conftest.py, which
+shuts down the single-node instance first if a module before used it): starting one
+costs seconds and ~1 GiB.
 """
 
 from __future__ import annotations
@@ -68,10 +70,7 @@ class GpuCluster:
         from ray.cluster_utils import Cluster
 
         if ray.is_initialized():
-            raise RuntimeError(
-                "this process is already attached to a Ray instance: run cluster tests before the "
-                "single-node service tests (test_cluster*.py sorts first) or in their own session"
-            )
+            raise RuntimeError("this process is already attached to a Ray instance: use the gpu_cluster fixture")
         # Short: Ray's socket paths under it must stay within the 107-byte Unix limit.
         self.temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
         self._saved_tmpdir = os.environ.get("RAY_TMPDIR")
@@ -79,19 +78,24 @@ class GpuCluster:
         os.mkdir(os.path.join(self.temp_dir, "ray"))  # where Cluster writes its address
         self.http_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.http_port}"
-        self.cluster = Cluster(
-            initialize_head=True,
-            head_node_args={
-                "num_cpus": HEAD_CPUS,
-                "num_gpus": 0,
-                "include_dashboard": False,
-                "dashboard_port": free_port(),
-                "temp_dir": os.path.join(self.temp_dir, "ray"),
-            },
-        )
-        for _ in range(workers):
-            self.add_gpu_node()
-        ray.init(address=self.cluster.address, log_to_driver=False)
+        self.cluster = None
+        try:
+            self.cluster = Cluster(
+                initialize_head=True,
+                head_node_args={
+                    "num_cpus": HEAD_CPUS,
+                    "num_gpus": 0,
+                    "include_dashboard": False,
+                    "dashboard_port": free_port(),
+                    "temp_dir": os.path.join(self.temp_dir, "ray"),
+                },
+            )
+            for _ in range(workers):
+                self.add_gpu_node()
+            ray.init(address=self.cluster.address, log_to_driver=False)
+        except BaseException:
+            self.shutdown()
+            raise
 
     # ------------------------------------------------------------------ nodes
 
@@ -189,7 +193,8 @@ class GpuCluster:
                 serve.shutdown()  # also forgets Serve's client, so a later ray.init starts clean
         finally:
             ray.shutdown()
-            self.cluster.shutdown()
+            if self.cluster is not None:
+                self.cluster.shutdown()
             if self._saved_tmpdir is None:
                 os.environ.pop("RAY_TMPDIR", None)
             else:

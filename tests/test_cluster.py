@@ -154,7 +154,8 @@ def test_a_lost_node_answers_every_request_in_flight_and_jobs_on_it_end(cluster,
         cluster.remove_node(victim)
         responses = [future.result() for future in in_flight]
         TIMINGS["node removed -> last of 8 in-flight requests answered"] = time.monotonic() - removed_at
-    print("\nin flight when the node went away:", sorted(response.status_code for response in responses))
+    print("\nin flight when the node went away:", [response.status_code for response in responses])
+    print(*(response.json()["error"]["message"] for response in responses if response.status_code != 200), sep="\n")
     for response in responses:
         assert response.status_code in (200, 503), response.text
         if response.status_code == 503:
