@@ -111,23 +111,30 @@ class GpuCluster:
 
     # -------------------------------------------------------------------- app
 
-    def config(self, args: dict[str, Any] | None = None, **top_level: Any) -> dict[str, Any]:
-        """``configs/serve_cluster_test.yaml`` with its app's ``args`` and top-level keys overridden,
-        served on this cluster's HTTP port."""
+    def config(
+        self, args: dict[str, Any] | None = None, application: dict[str, Any] | None = None, **top_level: Any
+    ) -> dict[str, Any]:
+        """``configs/serve_cluster_test.yaml`` served on this cluster's HTTP port, with its app's
+        ``args`` deep-merged with ``args``, other app keys (``deployments``, ``autoscaling_policy``,
+        ``name``...) set from ``application``, and top-level keys from ``top_level``."""
         config = yaml.safe_load(CLUSTER_CONFIG.read_text())
         config = deep_merge(config, {"http_options": {"port": self.http_port}, **top_level})
-        (application,) = config["applications"]
-        application["args"] = deep_merge(application.get("args") or {}, args or {})
+        (app,) = config["applications"]
+        app.update(copy.deepcopy(application or {}))
+        app["args"] = deep_merge(app.get("args") or {}, args or {})
         return config
 
-    def deploy(self, args: dict[str, Any] | None = None, **top_level: Any) -> str:
+    def deploy(
+        self, args: dict[str, Any] | None = None, application: dict[str, Any] | None = None, **top_level: Any
+    ) -> str:
         """Deploy the test config (see ``config``) as ``serve run``/``serve deploy`` do; returns the
-        base URL once the app is RUNNING."""
+        base URL once the app is RUNNING. Like ``serve deploy``, the config is the whole truth:
+        apps it does not name are deleted, and a redeploy updates the app in place."""
         from ray.serve._private import api as serve_api
         from ray.serve.config import gRPCOptions
         from ray.serve.schema import ServeDeploySchema
 
-        schema = ServeDeploySchema.model_validate(self.config(args, **top_level))
+        schema = ServeDeploySchema.model_validate(self.config(args, application, **top_level))
         client = serve_api.serve_start(
             http_options=schema.http_options.model_dump(),
             proxy_location=schema.proxy_location,

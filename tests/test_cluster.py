@@ -121,7 +121,7 @@ def test_under_load_generators_scale_out_over_nodes_and_every_output_is_readable
 
 
 def test_a_job_submitted_through_one_ingress_replica_is_read_through_every_one(cluster, client):
-    assert cluster.replicas("Ingress") == 2
+    assert cluster.replicas("Ingress") == 2  # the config's Serve-level `deployments:` override
     accepted = client.post("/jobs", json=QUICK)
     assert accepted.status_code == 202, accepted.text
     job_id = accepted.json()["job_id"]
