@@ -46,6 +46,35 @@ def s3_server(tmp_path_factory):
         yield server
 
 
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A bucket name of this test's own on the session's S3 server (not created)."""
+    return s3_server.new_bucket()
+
+
+class SleepRecorder:
+    """A ``sleep`` for code under test: records the delays and returns at once."""
+
+    def __init__(self):
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> SleepRecorder:
+    return SleepRecorder()
+
+
+@pytest.fixture
+def minio_store(s3_server, s3_bucket, sleeps):
+    """A ``MinioStore`` on the session's S3 server, in this test's own bucket, retrying without sleeping."""
+    from serve_app.storage import MinioStore
+
+    return MinioStore(s3_server.minio_config(s3_bucket), sleep=sleeps)
+
+
 # ------------------------------------------------------------------ Ray Serve
 
 

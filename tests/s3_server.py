@@ -89,7 +89,7 @@ class SeaweedS3:
         self.directory = Path(directory)
         self.access_key = access_key
         self.secret_key = secrets.token_hex(16)
-        self._ports = dict(zip(COMPONENTS, _free_port_pairs(len(COMPONENTS))))
+        self.ports = dict(zip(COMPONENTS, _free_port_pairs(len(COMPONENTS))))
         self._process: subprocess.Popen[bytes] | None = None
         self._bucket_ids = itertools.count()
 
@@ -114,7 +114,7 @@ class SeaweedS3:
             f"-s3.localSocket={self.directory / 's3.sock'}",
             f"-filer.localSocket={self.directory / 'filer.sock'}",
         ]
-        for component, port in self._ports.items():
+        for component, port in self.ports.items():
             command += [f"-{component}.port={port}", f"-{component}.port.grpc={port + GRPC_OFFSET}"]
         return command
 
@@ -183,7 +183,7 @@ class SeaweedS3:
 
     @property
     def port(self) -> int:
-        return self._ports["s3"]
+        return self.ports["s3"]
 
     @property
     def endpoint(self) -> str:
