@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from serve_app.config import AppConfig
+from serve_app.error_logging import log_client_errors_at_info
 from serve_app.generation.engine import EngineConfig, GenerationEngine
 from serve_app.metrics import ServeMetrics
 from serve_app.pipeline.music_pipeline import MusicPipeline
@@ -41,6 +42,7 @@ logger = logging.getLogger("ray.serve")
 )
 class Generator:
     def __init__(self, config: dict) -> None:
+        log_client_errors_at_info(logger)
         self.config = AppConfig.model_validate(config)
         device = self.config.resolved_device()
         pipelines = {

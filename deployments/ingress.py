@@ -12,6 +12,7 @@ for other Ray applications (see the README):
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -24,8 +25,10 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
+from serve_app.error_logging import log_client_errors_at_info
 from serve_app.errors import InvalidRequest, ServiceError, Unavailable
 from serve_app.ingress import api
+from serve_app.ingress.auth import ApiKeys
 from serve_app.ingress.frontend import Frontend
 from serve_app.ingress.planner import Planner
 from serve_app.ingress.presets import PresetBook
@@ -34,6 +37,8 @@ from serve_app.metrics import ServeMetrics
 from serve_app.schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
 
 READY_CACHE_S = 2.0
+
+logger = logging.getLogger("ray.serve")
 
 T = TypeVar("T")
 Request = TypeVar("Request", bound=BaseModel)
@@ -117,7 +122,11 @@ class ServeJobsClient:
 @serve.ingress()
 class Ingress:
     def __init__(self, generator: DeploymentHandle, jobs: DeploymentHandle, config: dict) -> None:
+        log_client_errors_at_info(logger)
         self.config = AppConfig.model_validate(config)
+        # A malformed ACESTEP_API_KEYS stops the replica here, before it serves anything.
+        self.api_keys = ApiKeys.from_env()
+        logger.log(logging.INFO if self.api_keys.enabled else logging.WARNING, self.api_keys.summary())
         planner = Planner(
             PresetBook.load(self.config.presets_path),
             served_models=self.config.models,
@@ -135,7 +144,7 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Built in the replica, around this replica's frontend.
-        return api.create_app(self.frontend)
+        return api.create_app(self.frontend, self.api_keys)
 
     async def generate(self, request: GenerateRequest | dict) -> GenerateResponse:
         """Same body and result as ``POST /generate``; errors raise ``ServiceError`` subclasses."""

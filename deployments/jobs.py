@@ -9,14 +9,19 @@ stopped before it answers anything.
 
 from __future__ import annotations
 
+import logging
+
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
+from serve_app.error_logging import log_client_errors_at_info
 from serve_app.jobs import CoordinatorConfig, JobCoordinator, JobRecords, JobStatus, WebhookPolicy, WebhookSender
 from serve_app.schemas import GenerationPlan
+
+logger = logging.getLogger("ray.serve")
 
 
 def _replica_lost(exc: BaseException) -> bool:
@@ -37,6 +42,7 @@ def _generators_busy(exc: BaseException) -> bool:
 )
 class JobCoordinatorDeployment:
     async def __init__(self, generator: DeploymentHandle, config: dict) -> None:
+        log_client_errors_at_info(logger)
         settings = AppConfig.model_validate(config)
         self._generator = generator.options(stream=True)
         self.jobs = JobCoordinator(
