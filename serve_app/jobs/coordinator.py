@@ -272,7 +272,7 @@ class JobCoordinator:
                         logger.warning("job %s lost its generator replica (%s); retrying", job.status.job_id, exc)
                         self._restart_progress(job)
                     else:
-                        await self._finish(job, "failed", error=self._describe(exc))
+                        await self._finish(job, "failed", error=self._describe(job, exc))
                     continue
                 finally:
                     job.stream = None
@@ -416,10 +416,16 @@ class JobCoordinator:
         except StorageError as exc:
             logger.warning("could not clear the active marker of job %s: %s", job_id, exc)
 
-    @staticmethod
-    def _describe(exc: Exception) -> JobError:
+    def _describe(self, job: _Job, exc: Exception) -> JobError:
         if isinstance(exc, ServiceError):
             return JobError(type=exc.type, message=exc.message)
+        if self._is_replica_lost(exc):
+            logger.warning("job %s lost its generator replica again (%s); giving up", job.status.job_id, exc)
+            return JobError(
+                type="replica_lost",
+                message=f"the generator replica running this job was lost {job.status.attempts} times "
+                "(the process died or its node went away); submit the job again",
+            )
         logger.error("job failed unexpectedly", exc_info=exc)
         return JobError(type="internal_error", message="the generator failed unexpectedly; see the server log")
 
