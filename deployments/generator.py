@@ -78,3 +78,7 @@ class Generator:
 
     def check_health(self) -> None:
         self.engine.check_health()
+
+    async def __del__(self) -> None:
+        # Serve calls this on shutdown once the replica's requests drained (graceful_shutdown_timeout_s).
+        await self.engine.close()

@@ -66,3 +66,7 @@ class JobCoordinatorDeployment:
 
     async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]:
         return await self.jobs.wait_for_change(job_id, version, timeout_s)
+
+    async def __del__(self) -> None:
+        # Serve calls this on shutdown: unfinished jobs stay recorded as active, so the next coordinator resumes them.
+        await self.jobs.close()
