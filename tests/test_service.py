@@ -17,7 +17,7 @@ import soundfile as sf
 
 from deployments.app import build_app
 
-from .conftest import METRICS_PORT, TEST_MODEL, needs_erg, run_app
+from .conftest import METRICS_PORT, TEST_MODEL, run_app
 
 APP = "acestep"
 DURATION = 1.5
@@ -73,14 +73,7 @@ def field_of(response: httpx.Response) -> list[str]:
 # ------------------------------------------------------------------ recipes
 
 
-@pytest.mark.parametrize(
-    "preset",
-    [
-        pytest.param("balanced", marks=needs_erg),
-        pytest.param("freestyle", marks=needs_erg),
-        "precision",
-    ],
-)
+@pytest.mark.parametrize("preset", ["balanced", "freestyle", "precision"])
 def test_each_guide_recipe_returns_the_requested_audio_with_its_sidecar(client, outputs_dir, preset):
     body = generate(client, preset=preset, actual_seeds=[42])
     (output,) = body["outputs"]
