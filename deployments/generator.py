@@ -81,4 +81,5 @@ class Generator:
 
     async def __del__(self) -> None:
         # Serve calls this on shutdown once the replica's requests drained (graceful_shutdown_timeout_s).
-        await self.engine.close()
+        if hasattr(self, "engine"):  # not when the constructor failed
+            await self.engine.close()

@@ -69,4 +69,5 @@ class JobCoordinatorDeployment:
 
     async def __del__(self) -> None:
         # Serve calls this on shutdown: unfinished jobs stay recorded as active, so the next coordinator resumes them.
-        await self.jobs.close()
+        if hasattr(self, "jobs"):  # not when the constructor failed
+            await self.jobs.close()
