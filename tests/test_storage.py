@@ -415,22 +415,33 @@ def test_minio_bucket_creation_is_race_safe(s3, bucket):
 
 
 class _LostRaceClient:
-    """bucket_exists says no; make_bucket says someone else just made it."""
+    """bucket_exists says no; make_bucket says someone else just made it; puts are counted."""
 
     def __init__(self, code, exists_after=True):
-        self.code, self.exists_after, self.calls = code, exists_after, 0
+        self.code, self.exists_after, self.calls, self.creates, self.puts = code, exists_after, 0, 0, []
 
     def bucket_exists(self, bucket):
         self.calls += 1
         return self.calls > 1 and self.exists_after
 
     def make_bucket(self, bucket):
+        self.creates += 1
         raise S3Error(None, self.code, "exists", f"/{bucket}", "rid", "hid", bucket_name=bucket)
 
+    def put_object(self, bucket, key, *args, **kwargs):
+        self.puts.append(key)
 
-@pytest.mark.parametrize("code", ["BucketAlreadyOwnedByYou", "BucketAlreadyExists"])
-def test_minio_lost_bucket_race_is_fine(s3, code):
-    MinioStore(s3.minio_config("unused"), client=_LostRaceClient(code)).ensure_bucket()
+
+@pytest.mark.parametrize("code, checks", [("BucketAlreadyOwnedByYou", 1), ("BucketAlreadyExists", 2)])
+def test_minio_lost_bucket_race_is_fine(s3, sleeps, code, checks):
+    client = _LostRaceClient(code)
+    store = MinioStore(s3.minio_config("unused"), client=client, sleep=sleeps)
+    store.ensure_bucket()
+    # Losing the race is success at once: one create tried, no retry, and (when the code is ambiguous
+    # about the owner) one re-check; then the store writes without asking about the bucket again.
+    assert (client.creates, client.calls, sleeps.delays) == (1, checks, [])
+    store.put("k.wav", b"x", "audio/wav")
+    assert client.puts == ["k.wav"] and client.calls == checks
 
 
 def test_minio_bucket_owned_by_someone_else_is_an_error(s3, sleeps):
