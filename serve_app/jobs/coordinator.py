@@ -282,7 +282,7 @@ class JobCoordinator:
                         message = f"the generator replica running the job was lost {job.status.attempts} times"
                         await self._finish(job, "failed", error=JobError(type="replica_lost", message=message))
                     else:
-                        await self._finish(job, "failed", error=self._describe(job, exc))
+                        await self._finish(job, "failed", error=self._describe(exc))
                     continue
                 finally:
                     job.stream = None
@@ -427,16 +427,10 @@ class JobCoordinator:
         except StorageError as exc:
             logger.warning("could not clear the active marker of job %s: %s", job_id, exc)
 
-    def _describe(self, job: _Job, exc: Exception) -> JobError:
+    @staticmethod
+    def _describe(exc: Exception) -> JobError:
         if isinstance(exc, ServiceError):
             return JobError(type=exc.type, message=exc.message)
-        if self._is_replica_lost(exc):
-            logger.warning("job %s lost its generator replica again (%s); giving up", job.status.job_id, exc)
-            return JobError(
-                type="replica_lost",
-                message=f"the generator replica running this job was lost {job.status.attempts} times "
-                "(the process died or its node went away); submit the job again",
-            )
         logger.error("job failed unexpectedly", exc_info=exc)
         return JobError(type="internal_error", message="the generator failed unexpectedly; see the server log")
 
