@@ -18,11 +18,13 @@ came back. The outage is reported in ``/health`` (``jobs``) and in the log.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
+from serve_app.error_logging import log_client_errors_at_info
 from serve_app.jobs import CoordinatorConfig, JobCoordinator, JobRecords, JobStatus, WebhookPolicy, WebhookSender
 from serve_app.schemas import GenerationPlan
 from serve_app.storage.maintenance import StoreMaintenance
@@ -32,10 +34,13 @@ from serve_app.storage.watch import StorageWatch
 from .calls import AcceptedStream, is_busy, is_replica_lost
 from .cluster import make_store
 
+logger = logging.getLogger("ray.serve")
+
 
 # Deployment options (one replica, queue size) are in deployments/app.py.
 class JobCoordinatorDeployment:
     async def __init__(self, generator: DeploymentHandle, config: dict) -> None:
+        log_client_errors_at_info(logger)
         settings = AppConfig.model_validate(config)
         self._generator = generator.options(stream=True)
         store = make_store(settings)
@@ -79,3 +84,9 @@ class JobCoordinatorDeployment:
     async def check_health(self) -> None:
         # Never raises for storage (see the module docstring): an outage is logged instead.
         await asyncio.to_thread(self._storage.observe)
+
+    async def __del__(self) -> None:
+        # Serve calls this on shutdown: unfinished jobs stay recorded as active, so the next coordinator resumes them.
+        if hasattr(self, "_maintenance"):  # not when the constructor failed
+            self._maintenance.cancel()
+            await self.jobs.close()

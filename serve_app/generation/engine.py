@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -113,19 +113,28 @@ class GenerationEngine:
         store: ObjectStore,
         config: EngineConfig | None = None,
         metrics: NullMetrics | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``clock`` and ``sleep`` time the batch wait (tests pass a fake clock)."""
         self.pipelines = dict(pipelines)
         self.store = store
         self.config = config or EngineConfig()
         self.metrics = metrics or NullMetrics()
         self._batcher: KeyedBatcher[BatchSettings, _Work, _Generated] = KeyedBatcher(
-            self._run_batch, max_batch_size=self.batch_cap, max_wait_s=self.config.batch_wait_s
+            self._run_batch,
+            max_batch_size=self.batch_cap,
+            max_wait_s=self.config.batch_wait_s,
+            clock=clock,
+            sleep=sleep,
         )
         self._gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")
         self._io = ThreadPoolExecutor(self.config.io_workers, thread_name_prefix="encode-upload")
+        self._io_pending: set[asyncio.Future] = set()
+        """Clean-ups of cancelled requests (``_abandon``), which no request waits for; ``drain`` waits for them."""
         self._device_error: str | None = None
         self.uploads = PendingUploads(store, self.config.jobs_prefix)
-        self._background: set[asyncio.Task] = set()
 
     def batch_cap(self, settings: BatchSettings) -> int:
         by_audio = math.floor(self.config.max_batch_audio_s / settings.audio_duration)
@@ -153,7 +162,7 @@ class GenerationEngine:
         except asyncio.CancelledError:
             for work in works:
                 work.cancelled = True
-            self._in_background(self._abandon(upload))
+            self._track(asyncio.get_running_loop().create_task(self._abandon(upload)))
             raise
         return await self._respond(plan, upload, results, time.perf_counter() - started)
 
@@ -355,6 +364,10 @@ class GenerationEngine:
             failures=[ItemFailure(seed=error.seed, message=error.reason) for error in failures],
         )
 
+    def _track(self, work: asyncio.Future) -> None:
+        self._io_pending.add(work)
+        work.add_done_callback(self._io_pending.discard)
+
     async def _remove_outputs(self, upload: _Upload) -> bool:
         try:
             await asyncio.get_running_loop().run_in_executor(self._io, self.uploads.remove_outputs, upload.folder)
@@ -378,11 +391,6 @@ class GenerationEngine:
         if upload.folder is not None and await self._remove_outputs(upload):
             await self._commit(upload)
 
-    def _in_background(self, work) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._background.discard)
-
     def loaded(self) -> bool:
         return all(pipeline.loaded_variants() for pipeline in self.pipelines.values())
 
@@ -393,9 +401,20 @@ class GenerationEngine:
         if self._device_error is not None:
             raise RuntimeError(f"the device failed and needs a new process: {self._device_error}")
 
-    def close(self) -> None:
+    async def drain(self) -> None:
+        """Wait until the writes and removals of abandoned requests have landed."""
+        while self._io_pending:
+            await asyncio.gather(*self._io_pending, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop batching (queued items are cancelled), let pending writes and removals land, free the pools.
+
+        The deployment calls this on shutdown, after Serve drained its requests.
+        """
+        await self._batcher.close()
+        await self.drain()
         self._gpu.shutdown(wait=False, cancel_futures=True)
-        self._io.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=True)
 
 
 def resolved_params(plan: GenerationPlan) -> dict:
