@@ -15,10 +15,7 @@ import httpx
 import pytest
 import soundfile as sf
 
-from deployments.generator import Generator
-from deployments.ingress import Ingress
-from deployments.jobs import JobCoordinatorDeployment
-from serve_app.config import AppConfig
+from deployments.app import build_app
 
 from .conftest import TEST_MODEL, run_app
 
@@ -40,24 +37,17 @@ def bucket_name(s3) -> str:
 def client(serve_instance, s3, bucket_name):
     from ray import serve
 
-    settings = AppConfig(
-        models=[TEST_MODEL],
-        num_gpus=0,
-        batch_wait_s=0.05,
-        storage={
-            "kind": "minio",
-            "minio": s3.minio_settings(bucket_name),
-        },
-    ).model_dump()
-    # build_app's CPU composition, with the tightest queue limits.
-    generator = Generator.options(
-        ray_actor_options={"num_gpus": 0, "num_cpus": 1},
-        autoscaling_config={"min_replicas": 1, "max_replicas": 1},
-        max_ongoing_requests=1,
-        max_queued_requests=1,
+    app = build_app(
+        dict(
+            models=[TEST_MODEL],
+            num_gpus=0,
+            batch_wait_s=0.05,
+            storage={"kind": "minio", "minio": s3.minio_settings(bucket_name)},
+            # The tightest queue limits.
+            deployment_options={"Generator": {"max_ongoing_requests": 1, "max_queued_requests": 1}},
+        )
     )
-    bound = generator.bind(settings)
-    run_app(Ingress.bind(bound, JobCoordinatorDeployment.bind(bound, settings), settings), APP, PREFIX)
+    run_app(app, APP, PREFIX)
     with httpx.Client(base_url=f"{serve_instance}{PREFIX}", timeout=60) as client:
         yield client
     serve.delete(APP)
