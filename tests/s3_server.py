@@ -56,6 +56,15 @@ def weed_binary() -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL (Linux)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class SeaweedS3:
     """One ``weed mini`` process with keys enforced; ports and data directory survive restarts."""
 
@@ -103,7 +112,12 @@ class SeaweedS3:
         env.pop("S3_BUCKET", None)  # weed would create it on start
         with open(self.directory / "weed.log", "ab") as log:
             self._process = subprocess.Popen(
-                self._command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self._command(),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C meant for pytest does not stop it mid-test
+                preexec_fn=_die_with_parent,
             )
         self._wait_until_ready()
         return self.endpoint
