@@ -66,7 +66,7 @@ def generate(engine: GenerationEngine, planner: Planner, request_id: str):
         try:
             return await engine.generate(planner.plan(request, request_id))
         finally:
-            engine.close()
+            await engine.close()
 
     return asyncio.run(main())
 
