@@ -7,8 +7,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from serve_app.ingress.planner import Planner, PlanningError
+from serve_app.ingress.planner import Planner
 from serve_app.ingress.presets import DEFAULT_PRESETS_PATH, PresetBook, PresetError
+from serve_app.pipeline.invalid_field import InvalidField
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
 from serve_app.schemas import GenerateRequest
 
@@ -28,8 +29,8 @@ def plan(planner: Planner, **fields):
     return planner.plan(GenerateRequest(prompt="synthwave, 120 bpm", **fields), "req1")
 
 
-def refused(planner: Planner, **fields) -> PlanningError:
-    with pytest.raises(PlanningError) as caught:
+def refused(planner: Planner, **fields) -> InvalidField:
+    with pytest.raises(InvalidField) as caught:
         plan(planner, **fields)
     return caught.value
 
@@ -91,9 +92,9 @@ def test_unknown_preset_and_model_list_the_known_ones(planner):
     error = refused(planner, preset="loud")
     assert error.field == "preset"
     for name in ("balanced", "freestyle", "precision", "draft"):
-        assert name in error.message
+        assert name in error.reason
     error = refused(planner, model="ace-step-v2")
-    assert error.field == "model" and V1 in error.message and V15 in error.message
+    assert error.field == "model" and V1 in error.reason and V15 in error.reason
 
 
 # ------------------------------------------------------------- resolution
@@ -142,7 +143,7 @@ def test_cross_field_errors_name_the_field(planner, fields, field):
 
 def test_a_guidance_distilled_model_refuses_guidance(planner):
     error = refused(planner, model=V15_TURBO, guidance_scale=7.0)
-    assert error.field == "guidance_scale" and "guidance-distilled" in error.message and "1" in error.message
+    assert error.field == "guidance_scale" and "guidance-distilled" in error.reason and "1" in error.reason
     assert refused(planner, model=V15_TURBO, preset="precision").field == "guidance_scale"
     for unguided in (0.0, 1.0):
         assert plan(planner, model=V15_TURBO, guidance_scale=unguided).params.guidance_scale == unguided
@@ -151,7 +152,7 @@ def test_a_guidance_distilled_model_refuses_guidance(planner):
 
 def test_preset_values_that_the_model_refuses_say_where_they_came_from(planner):
     error = refused(planner, model=V15, preset="balanced")
-    assert error.field.startswith("use_erg_") and "preset 'balanced'" in error.message
+    assert error.field.startswith("use_erg_") and "preset 'balanced'" in error.reason
 
 
 def test_output_options(planner):
@@ -161,7 +162,7 @@ def test_output_options(planner):
     assert plan(planner, format="mp3", sample_rate=24000).output.mp3_bitrate_kbps == 160
     assert plan(planner, output_path="albums/summer/track").output.name == "albums/summer/track"
     assert plan(planner, output_name="song.MP3", format="mp3").output.name == "song.MP3"
-    assert "format is mp3" in refused(planner, output_name="song.wav", format="mp3").message
+    assert "format is mp3" in refused(planner, output_name="song.wav", format="mp3").reason
 
 
 def invalid_field(**fields) -> str:

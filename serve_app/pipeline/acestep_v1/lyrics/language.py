@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from .ssml import read_tag
 
@@ -145,14 +145,19 @@ def _identifier():
     return LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
 
 
+@lru_cache(maxsize=4096)
 def _classify(text: str) -> tuple[str, float]:
+    # Memoised: py3langid costs about a millisecond a call, and a line of repeated
+    # pieces (hostile or not) would otherwise pay it for every piece.
     language, probability = _identifier().classify(text)
     return language, round(float(probability), 3)
 
 
 def _squeeze(text: str) -> str:
     """Upstream's text for classification: punctuation runs to one space, repeated characters once."""
-    text = re.sub(r"(.*?)([^\w]+)", r"\1 ", text)
+    # Upstream writes this as (.*?)([^\w]+) -> "\1 ", the same replacement but quadratic in
+    # the length of a run of word characters.
+    text = re.sub(r"[^\w]+", " ", text)
     return re.sub(r"(.)\1+", r"\1", text).strip()
 
 
