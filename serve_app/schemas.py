@@ -258,4 +258,6 @@ class ModelInfo(BaseModel):
     @classmethod
     def from_spec(cls, spec: ModelSpec, served: bool) -> ModelInfo:
         shown = {name: getattr(spec, name) for name in cls.model_fields if name != "served"}
-        return cls(**shown, supported_erg=sorted(spec.supported_erg), defaults=dict(spec.defaults), served=served)
+        return cls(
+            **{**shown, "supported_erg": sorted(spec.supported_erg), "defaults": dict(spec.defaults)}, served=served
+        )

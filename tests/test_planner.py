@@ -256,3 +256,58 @@ def test_every_request_parameter_is_a_generation_parameter_or_an_output_option()
     output_options = {"format", "mp3_bitrate_kbps", "sample_rate", "output_name", "output_path"}
     selection = {"preset", "model", "batch_size"}
     assert set(GenerateRequest.model_fields) == resolved | output_options | selection
+
+
+# ------------------------------------------------------------- request cost
+
+
+@pytest.mark.parametrize("lyrics", ["😀" * 10000, "1" * 10000], ids=["emoji", "digits"])
+def test_hostile_lyrics_are_refused_with_the_limit(planner, lyrics):
+    error = refused(planner, lyrics=lyrics)
+    assert error.field == "lyrics" and "4096 lyric tokens" in error.reason
+
+
+def test_lyrics_over_the_token_limit_are_refused_short_lines_or_not(planner):
+    verse = "la la la la la"  # 11 tokens a line: [en], five words, four spaces, the line break
+    assert plan(planner, lyrics="\n".join([verse] * 300)).params.lyrics.startswith(verse)
+    error = refused(planner, lyrics="\n".join([verse] * 400))
+    assert error.field == "lyrics" and "longer than 4096 lyric tokens" in error.reason
+    assert refused(planner, lyrics="a\n" * 4999).field == "lyrics"
+
+
+def test_a_model_without_an_ingress_tokenizer_cuts_at_its_limit_instead(planner):
+    # ACE-Step 1.5's tokenizer comes with its weights; the model cuts lyrics at max_lyric_tokens.
+    assert plan(planner, model=V15, lyrics="la " * 3000).params.lyrics.startswith("la")
+
+
+def test_torch_compile_is_the_operators_decision():
+    assert (
+        refused(Planner(PresetBook.load(), served_models=[V1], default_model=V1), torch_compile=True).field
+        == "torch_compile"
+    )
+    allowed = Planner(PresetBook.load(), served_models=[V1], default_model=V1, compile_allowed=True)
+    assert plan(allowed, torch_compile=True).params.torch_compile is True
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"actual_seeds": [True]}, "actual_seeds"),
+        ({"actual_seeds": True}, "actual_seeds"),
+        ({"infer_step": True}, "infer_step"),
+        ({"oss_steps": [1, True]}, "oss_steps"),
+        ({"batch_size": True}, "batch_size"),
+        ({"audio_duration": True}, "audio_duration"),
+        ({"guidance_scale": True}, "guidance_scale"),
+        ({"mp3_bitrate_kbps": True}, "mp3_bitrate_kbps"),
+    ],
+)
+def test_a_bool_is_not_a_number(fields, field):
+    assert invalid_field(**fields) == field
+
+
+def test_every_parameter_is_settable_by_a_request_with_the_same_range():
+    assert set(GenerationParams.model_fields) <= set(GenerateRequest.model_fields)
+    assert invalid_field(infer_step=201) == "infer_step"
+    assert invalid_field(guidance_interval=1.5) == "guidance_interval"
+    assert invalid_field(guidance_scale_lyric=11) == "guidance_scale_lyric"
