@@ -311,3 +311,10 @@ def test_every_parameter_is_settable_by_a_request_with_the_same_range():
     assert invalid_field(infer_step=201) == "infer_step"
     assert invalid_field(guidance_interval=1.5) == "guidance_interval"
     assert invalid_field(guidance_scale_lyric=11) == "guidance_scale_lyric"
+
+
+def test_lyrics_cut_into_too_many_pieces_are_refused_realistic_ones_are_not(planner):
+    bilingual = "我爱你 I love you, 你好 hello world 1, 2, 3 (yeah)"
+    assert plan(planner, lyrics="\n".join([bilingual] * 60)).params.lyrics.startswith(bilingual)
+    error = refused(planner, lyrics="\n".join(["a1" * 127] * 39))
+    assert error.field == "lyrics" and "pieces" in error.reason

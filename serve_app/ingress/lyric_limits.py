@@ -49,7 +49,18 @@ class LyricLimits:
                     f"line {number} has {len(line.strip())} characters, over the {MAX_LYRIC_LINE_CHARS} a line may "
                     f"have ({spec.name} reads at most {limit} lyric tokens in all); put each sung line on its own line",
                 )
-        if tokenizer.count(lyrics, stop_above=limit) > limit:
+        from ..pipeline.acestep_v1.lyrics import TooManyIdentifications
+
+        identifications = limit // 4  # realistic lyrics at the token limit need about half as many
+        try:
+            tokens = tokenizer.count(lyrics, stop_above=limit, max_identifications=identifications)
+        except TooManyIdentifications:
+            raise InvalidField(
+                "lyrics",
+                f"is cut into more than {identifications} pieces (words split by digits, punctuation or scripts) "
+                f"to check against the {limit} lyric tokens {spec.name} reads; simplify it",
+            ) from None
+        if tokens > limit:
             raise InvalidField("lyrics", f"is longer than {limit} lyric tokens, the most {spec.name} reads")
 
     def _tokenizer(self, spec: ModelSpec) -> LyricTokenizer | None:

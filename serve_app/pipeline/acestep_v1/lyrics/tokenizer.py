@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .cleaners import normalize
-from .language import line_language
+from .language import identification_budget, line_language
 from .vocab import LANGUAGE_TOKENS, LINE_BREAK_ID, LINE_BREAK_TOKEN, START_ID, START_TOKEN, UNKNOWN_TOKEN
 
 if TYPE_CHECKING:
@@ -63,14 +63,17 @@ class LyricTokenizer:
         """
         return [token for ids in self._pieces(lyrics) for token in ids]
 
-    def count(self, lyrics: str, stop_above: int) -> int:
+    def count(self, lyrics: str, stop_above: int, max_identifications: int) -> int:
         """How many ids ``lyrics`` has, counting only until the count passes ``stop_above``:
-        a text far over a model's limit costs no more to refuse than one just over it."""
+        a text far over a model's limit costs no more to refuse than one just over it.
+        Raises ``TooManyIdentifications`` when its lines need more than ``max_identifications``
+        language identifications (realistic lyrics need about one per ten ids)."""
         total = 0
-        for ids in self._pieces(lyrics):
-            total += len(ids)
-            if total > stop_above:
-                break
+        with identification_budget(max_identifications):
+            for ids in self._pieces(lyrics):
+                total += len(ids)
+                if total > stop_above:
+                    break
         return total
 
     def _pieces(self, lyrics: str) -> Iterator[list[int]]:
