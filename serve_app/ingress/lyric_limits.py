@@ -16,6 +16,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from ..pipeline.acestep_v1.lyrics import TooManyIdentifications
 from ..pipeline.invalid_field import InvalidField
 from ..pipeline.registry import family_module
 from ..schemas import MAX_LYRIC_LINE_CHARS
@@ -49,8 +50,6 @@ class LyricLimits:
                     f"line {number} has {len(line.strip())} characters, over the {MAX_LYRIC_LINE_CHARS} a line may "
                     f"have ({spec.name} reads at most {limit} lyric tokens in all); put each sung line on its own line",
                 )
-        from ..pipeline.acestep_v1.lyrics import TooManyIdentifications
-
         identifications = limit // 4  # realistic lyrics at the token limit need about half as many
         try:
             tokens = tokenizer.count(lyrics, stop_above=limit, max_identifications=identifications)
