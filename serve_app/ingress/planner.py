@@ -27,8 +27,8 @@ from ..pipeline.settings import (
     uses_double_guidance,
 )
 from ..schemas import GenerateRequest, GenerationPlan, Output, ParamWarning
-from ..storage import split_output_name, validate_output_name
 from .lyric_limits import LyricLimits
+from .output_names import split_output_name, validate_output_name
 from .presets import Preset, PresetBook
 
 DEFAULT_FORMAT = "wav"
