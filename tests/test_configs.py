@@ -82,6 +82,15 @@ def test_bad_app_args_are_refused_at_build(args, message):
         build_app(args)
 
 
+def test_compilation_is_off_unless_the_operator_turns_it_on():
+    assert AppConfig().torch_compile == "off"
+    assert AppConfig(torch_compile="warmup").torch_compile == "warmup"
+    with pytest.raises(ValueError, match="warmup: true"):
+        AppConfig(torch_compile="warmup", warmup=False)
+    with pytest.raises(ValueError):
+        AppConfig(torch_compile="on_request")
+
+
 def test_a_stopping_ingress_waits_as_long_as_the_generator_for_requests_in_flight():
     # The ingress's /generate waits on the generator; an ingress replica that stops sooner drops it.
     from ray.serve._private.build_app import build_app as build_deployments

@@ -16,17 +16,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..audio import file_extension, resolve_mp3_bitrate
+from ..pipeline.invalid_field import InvalidField
 from ..pipeline.registry import CATALOG, ModelSpec
 from ..pipeline.settings import (
-    ACESTEP_DEFAULTS,
     GenerationParams,
     GuidanceWindow,
-    SettingsError,
     check_supported,
     is_guided,
+    model_defaults,
     uses_double_guidance,
 )
 from ..schemas import GenerateRequest, GenerationPlan, Output, ParamWarning
+from .lyric_limits import LyricLimits
 from .output_names import split_output_name, validate_output_name
 from .presets import Preset, PresetBook
 
@@ -47,17 +48,16 @@ GUIDANCE_FIELDS = (
 )
 
 
-class PlanningError(ValueError):
-    """A request that cannot be honoured, naming the field at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
 class Planner:
-    def __init__(self, presets: PresetBook, served_models: Collection[str], default_model: str) -> None:
+    def __init__(
+        self,
+        presets: PresetBook,
+        served_models: Collection[str],
+        default_model: str,
+        *,
+        compile_allowed: bool = False,
+    ) -> None:
+        """``compile_allowed``: the operator's ``torch_compile`` setting lets a request run the compiled denoiser."""
         unknown = set(served_models) - set(CATALOG)
         if unknown:
             raise ValueError(f"served models not in the catalog: {sorted(unknown)}")
@@ -66,6 +66,8 @@ class Planner:
         self.presets = presets
         self.served_models = tuple(served_models)
         self.default_model = default_model
+        self.compile_allowed = compile_allowed
+        self.lyric_limits = LyricLimits()
 
     def plan(self, request: GenerateRequest, request_id: str) -> GenerationPlan:
         spec = self._model(request.model)
@@ -76,7 +78,7 @@ class Planner:
             if getattr(request, name) is not None
         }
         preset_params = dict(preset.params) if preset else {}
-        values: dict[str, Any] = {**ACESTEP_DEFAULTS, **spec.defaults, **preset_params, **given}
+        values: dict[str, Any] = {**model_defaults(spec), **preset_params, **given}
         values["model"] = spec.name
         values["actual_seeds"] = self._seeds(request)
         if values["oss_steps"]:
@@ -91,11 +93,16 @@ class Planner:
         except ValidationError as exc:
             error = exc.errors()[0]
             field = str(error["loc"][0]) if error["loc"] else "request"
-            raise PlanningError(field, _with_source(error["msg"], source(field))) from None
+            raise InvalidField(field, error["msg"]).citing(source(field)) from None
         try:
             check_supported(params.batch_settings(), spec)
-        except SettingsError as exc:
-            raise PlanningError(exc.field, _with_source(exc.reason, source(exc.field))) from None
+        except InvalidField as exc:
+            raise exc.citing(source(exc.field)) from None
+        if params.torch_compile and not self.compile_allowed:
+            raise InvalidField(
+                "torch_compile", "compilation is off on this server (an operator setting); leave it false"
+            ).citing(source("torch_compile"))
+        self.lyric_limits.check(spec, params.lyrics)
 
         return GenerationPlan(
             request_id=request_id,
@@ -108,7 +115,7 @@ class Planner:
     def _model(self, name: str | None) -> ModelSpec:
         name = name or self.default_model
         if name not in self.served_models:
-            raise PlanningError("model", f"unknown model {name!r}; served models: {', '.join(self.served_models)}")
+            raise InvalidField("model", f"unknown model {name!r}; served models: {', '.join(self.served_models)}")
         return CATALOG[name]
 
     def _preset(self, name: str | None) -> Preset | None:
@@ -117,7 +124,7 @@ class Planner:
         try:
             return self.presets.get(name)
         except KeyError:
-            raise PlanningError(
+            raise InvalidField(
                 "preset", f"unknown preset {name!r}; known presets: {', '.join(self.presets.names())}"
             ) from None
 
@@ -127,9 +134,9 @@ class Planner:
         if seeds is None:
             return tuple(secrets.randbelow(2**32) for _ in range(request.batch_size or 1))
         if request.batch_size is not None and request.batch_size != len(seeds):
-            raise PlanningError("batch_size", f"is {request.batch_size} but actual_seeds has {len(seeds)} seeds")
+            raise InvalidField("batch_size", f"is {request.batch_size} but actual_seeds has {len(seeds)} seeds")
         if len(set(seeds)) != len(seeds):
-            raise PlanningError("actual_seeds", "seeds must be distinct: the same seed gives the same audio")
+            raise InvalidField("actual_seeds", "seeds must be distinct: the same seed gives the same audio")
         return tuple(seeds)
 
     @staticmethod
@@ -141,9 +148,9 @@ class Planner:
             try:
                 bitrate = resolve_mp3_bitrate(sample_rate, request.mp3_bitrate_kbps)
             except ValueError as exc:
-                raise PlanningError("mp3_bitrate_kbps", str(exc)) from None
+                raise InvalidField("mp3_bitrate_kbps", str(exc)) from None
         elif request.mp3_bitrate_kbps is not None:
-            raise PlanningError("mp3_bitrate_kbps", f"applies to format mp3 only, not {fmt}")
+            raise InvalidField("mp3_bitrate_kbps", f"applies to format mp3 only, not {fmt}")
 
         name_field = "output_path" if request.output_path is not None else "output_name"
         name = getattr(request, name_field)
@@ -151,13 +158,9 @@ class Planner:
             try:
                 name = validate_output_name(name)
                 split_output_name(name, file_extension(fmt))
-            except ValueError as exc:
-                raise PlanningError(name_field, str(exc).removeprefix("output_name ")) from None
+            except InvalidField as exc:
+                raise exc.renamed(name_field) from None
         return Output(format=fmt, mp3_bitrate_kbps=bitrate, sample_rate=sample_rate, name=name)
-
-
-def _with_source(message: str, source: str | None) -> str:
-    return f"{message} (value from {source})" if source else message
 
 
 def inert_parameter_warnings(params: GenerationParams, given: Mapping[str, Any]) -> list[ParamWarning]:

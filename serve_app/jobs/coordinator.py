@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from ..errors import Conflict, ServiceError, StorageMisconfigured, Unavailable
-from ..progress import GenerationCancelled, Progress
+from ..progress import STAGE_ORDER, GenerationCancelled, Progress
 from ..schemas import GenerateResponse, GenerationPlan
 from ..storage import StorageConfigError, StorageError
 from .models import ItemProgress, JobError, JobProgress, JobRecord, JobStatus, WebhookDelivery
@@ -33,8 +33,6 @@ from .records import JobNotFound, JobRecords
 from .webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
-
-STAGE_ORDER = {"queued": 0, "running": 1, "encoding": 2, "done": 3}
 
 
 class JobStream(Protocol):

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
+from .invalid_field import InvalidField
 from .protocol import MusicModel
 from .registry import get_spec, load_model
 from .sampler import Sampler, StepCallback
-from .settings import BatchSettings, ItemSettings, SettingsError, check_supported, is_guided
+from .settings import BatchSettings, GenerationParams, ItemSettings, check_supported, model_defaults
 
 ModelLoader = Callable[[str, torch.device, torch.dtype], MusicModel]
 
@@ -80,7 +81,7 @@ class MusicPipeline:
         """Refuse a batch before any tensor is made."""
         check_supported(settings, self.spec)
         if not items:
-            raise SettingsError("actual_seeds", "a batch needs at least one item")
+            raise InvalidField("actual_seeds", "a batch needs at least one item")
 
     def __call__(
         self,
@@ -126,33 +127,22 @@ class MusicPipeline:
 
     def warmup(self, bf16: bool, torch_compile: bool = False) -> None:
         """One short generation, so the first request does not pay for lazy
-        initialisation (kernels, allocator, compilation)."""
-        guidance_scale = self.spec.defaults.get("guidance_scale", 2.0)
-        settings = BatchSettings(
-            model=self.spec.name,
-            audio_duration=min(2.0, self.spec.max_duration_s),
-            infer_step=2,
-            scheduler_type="euler",
-            oss_steps=(),
-            cfg_type="apg",
-            guidance_interval=1.0,
-            guided=is_guided(guidance_scale),
-            double_guidance=False,
-            use_erg_tag=False,
-            use_erg_lyric=False,
-            use_erg_diffusion=False,
-            bf16=bf16,
-            torch_compile=torch_compile,
+        initialisation (kernels, allocator, compilation): the model's defaults,
+        with every step guided when the model guides, at two steps and two seconds."""
+        params = GenerationParams(
+            **{
+                **model_defaults(self.spec),
+                "model": self.spec.name,
+                "prompt": "warmup",
+                "audio_duration": min(2.0, self.spec.max_duration_s),
+                "infer_step": 2,
+                "actual_seeds": (0,),
+                "guidance_interval": 1.0,
+                "use_erg_tag": False,
+                "use_erg_lyric": False,
+                "use_erg_diffusion": False,
+                "bf16": bf16,
+                "torch_compile": torch_compile,
+            }
         )
-        item = ItemSettings(
-            prompt="warmup",
-            lyrics="",
-            seed=0,
-            guidance_scale=guidance_scale,
-            omega_scale=10.0,
-            guidance_interval_decay=0.0,
-            min_guidance_scale=3.0,
-            guidance_scale_text=0.0,
-            guidance_scale_lyric=0.0,
-        )
-        self(settings, [item])
+        self(params.batch_settings(), params.items())

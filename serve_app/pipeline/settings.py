@@ -9,10 +9,12 @@ can resolve and key requests without loading a model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Literal
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .invalid_field import InvalidField
 
 if TYPE_CHECKING:
     import torch
@@ -22,24 +24,36 @@ if TYPE_CHECKING:
 SchedulerType = Literal["euler", "heun", "pingpong"]
 CfgType = Literal["apg", "cfg", "cfg_star"]
 
+# The sampling parameters, defined once: ``GenerationParams`` below takes them resolved,
+# the request schema (``serve_app.schemas.GenerateRequest``) takes each as optional with
+# the same type, range and description. Numbers are strict: JSON ``true`` is not 1.
 # Ranges follow the ACE-Step v1 UI's controls (acestep/ui/components.py).
 MAX_INFER_STEP = 200
-InferStep = Annotated[int, Field(ge=1, le=MAX_INFER_STEP, description="Diffusion steps.")]
+InferStep = Annotated[int, Field(strict=True, ge=1, le=MAX_INFER_STEP, description="Diffusion steps.")]
 GuidanceScale = Annotated[
-    float, Field(ge=0.0, le=30.0, description="Classifier-free guidance scale; 0 or 1 disables guidance.")
+    float,
+    Field(strict=True, ge=0.0, le=30.0, description="Classifier-free guidance scale; 0 or 1 disables guidance."),
 ]
 DoubleGuidanceScale = Annotated[
     float,
-    Field(ge=0.0, le=10.0, description="Double-condition guidance; active when both text and lyric scales exceed 1."),
+    Field(strict=True, ge=0.0, le=10.0),
 ]
 OmegaScale = Annotated[
-    float, Field(ge=-100.0, le=100.0, description="Granularity: scales the zero-mean part of each euler/heun update.")
+    float,
+    Field(
+        strict=True,
+        ge=-100.0,
+        le=100.0,
+        description="Granularity: scales the zero-mean part of each euler/heun update.",
+    ),
 ]
-UnitInterval = Annotated[float, Field(ge=0.0, le=1.0)]
-MinGuidanceScale = Annotated[float, Field(ge=0.0, le=200.0)]
-Seed = Annotated[int, Field(ge=0, lt=2**32, description="Seed of one output; each seed is one batch item.")]
+UnitInterval = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
+MinGuidanceScale = Annotated[float, Field(strict=True, ge=0.0, le=200.0)]
+Seed = Annotated[
+    int, Field(strict=True, ge=0, lt=2**32, description="Seed of one output; each seed is one batch item.")
+]
 # oss_steps index a max(oss_steps)-step schedule, so they share infer_step's limit.
-OssStep = Annotated[int, Field(ge=1, le=MAX_INFER_STEP)]
+OssStep = Annotated[int, Field(strict=True, ge=1, le=MAX_INFER_STEP)]
 
 MAX_SEEDS_PER_REQUEST = 8
 
@@ -65,6 +79,11 @@ ACESTEP_DEFAULTS = {
     "bf16": True,
     "torch_compile": False,
 }
+
+
+def model_defaults(spec: ModelSpec) -> dict[str, Any]:
+    """Every default for ``spec``: ACE-Step's, overridden by the model's own."""
+    return {**ACESTEP_DEFAULTS, **spec.defaults}
 
 
 def is_guided(guidance_scale: float) -> bool:
@@ -169,95 +188,76 @@ class GenerationParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str
-    audio_duration: float = Field(gt=0.0)
+    audio_duration: float = Field(strict=True, gt=0.0)
     prompt: str
     lyrics: str
     infer_step: InferStep
     guidance_scale: GuidanceScale
-    scheduler_type: SchedulerType
-    cfg_type: CfgType
+    scheduler_type: SchedulerType = Field(description="Update rule.")
+    cfg_type: CfgType = Field(description="How the guided and unguided predictions combine.")
     omega_scale: OmegaScale
     actual_seeds: tuple[Seed, ...] = Field(min_length=1, max_length=MAX_SEEDS_PER_REQUEST)
     oss_steps: tuple[OssStep, ...] = ()
-    guidance_interval: UnitInterval
-    guidance_interval_decay: UnitInterval
-    min_guidance_scale: MinGuidanceScale
-    use_erg_tag: bool
-    use_erg_lyric: bool
-    use_erg_diffusion: bool
-    guidance_scale_text: DoubleGuidanceScale
-    guidance_scale_lyric: DoubleGuidanceScale
-    bf16: bool
-    torch_compile: bool
+    guidance_interval: UnitInterval = Field(
+        description="Fraction of the steps, centred on the trajectory, that are guided."
+    )
+    guidance_interval_decay: UnitInterval = Field(
+        description="How far the guidance scale decays toward min_guidance_scale across the interval."
+    )
+    min_guidance_scale: MinGuidanceScale = Field(description="The scale the decay heads for.")
+    use_erg_tag: bool = Field(description="Entropy-rectifying guidance on the text encoder (ACE-Step v1).")
+    use_erg_lyric: bool = Field(description="Entropy-rectifying guidance on the lyric encoder (ACE-Step v1).")
+    use_erg_diffusion: bool = Field(description="Entropy-rectifying guidance in the denoiser (ACE-Step v1).")
+    guidance_scale_text: DoubleGuidanceScale = Field(
+        description="Double-condition guidance, text strength; active when both it and guidance_scale_lyric exceed 1."
+    )
+    guidance_scale_lyric: DoubleGuidanceScale = Field(description="Double-condition guidance, lyric strength.")
+    bf16: bool = Field(description="bfloat16 weights (false: float32).")
+    torch_compile: bool = Field(
+        description="Run the torch.compile'd denoiser; only where the server's torch_compile setting allows it."
+    )
 
     def batch_settings(self) -> BatchSettings:
         return BatchSettings(
-            model=self.model,
-            audio_duration=self.audio_duration,
-            infer_step=self.infer_step,
-            scheduler_type=self.scheduler_type,
-            oss_steps=self.oss_steps,
-            cfg_type=self.cfg_type,
-            guidance_interval=self.guidance_interval,
+            **{name: getattr(self, name) for name in _BATCH_FIELDS},
             guided=is_guided(self.guidance_scale),
             double_guidance=uses_double_guidance(self.guidance_scale_text, self.guidance_scale_lyric),
-            use_erg_tag=self.use_erg_tag,
-            use_erg_lyric=self.use_erg_lyric,
-            use_erg_diffusion=self.use_erg_diffusion,
-            bf16=self.bf16,
-            torch_compile=self.torch_compile,
         )
 
     def items(self) -> list[ItemSettings]:
-        return [
-            ItemSettings(
-                prompt=self.prompt,
-                lyrics=self.lyrics,
-                seed=seed,
-                guidance_scale=self.guidance_scale,
-                omega_scale=self.omega_scale,
-                guidance_interval_decay=self.guidance_interval_decay,
-                min_guidance_scale=self.min_guidance_scale,
-                guidance_scale_text=self.guidance_scale_text,
-                guidance_scale_lyric=self.guidance_scale_lyric,
-            )
-            for seed in self.actual_seeds
-        ]
+        shared = {name: getattr(self, name) for name in _ITEM_FIELDS}
+        return [ItemSettings(**shared, seed=seed) for seed in self.actual_seeds]
 
 
-class SettingsError(ValueError):
-    """A parameter value that this model or this combination cannot honour."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
+# The settings taken from the parameters of the same name; the others are derived above.
+_BATCH_FIELDS = tuple(f.name for f in fields(BatchSettings) if f.name in GenerationParams.model_fields)
+_ITEM_FIELDS = tuple(f.name for f in fields(ItemSettings) if f.name in GenerationParams.model_fields)
 
 
 def check_supported(settings: BatchSettings, spec: ModelSpec) -> None:
     """Refuse what the model cannot compute, rather than silently ignoring it."""
     if settings.model != spec.name:
-        raise SettingsError("model", f"settings are for {settings.model!r}, not {spec.name!r}")
+        raise InvalidField("model", f"settings are for {settings.model!r}, not {spec.name!r}")
     if settings.audio_duration < spec.min_duration_s:
-        raise SettingsError("audio_duration", f"{spec.name} generates at least {spec.min_duration_s:g} seconds")
+        raise InvalidField("audio_duration", f"{spec.name} generates at least {spec.min_duration_s:g} seconds")
     if settings.audio_duration > spec.max_duration_s:
-        raise SettingsError("audio_duration", f"{spec.name} generates at most {spec.max_duration_s:g} seconds")
+        raise InvalidField("audio_duration", f"{spec.name} generates at most {spec.max_duration_s:g} seconds")
     if settings.guided and spec.guidance_distilled:
-        raise SettingsError(
+        raise InvalidField(
             "guidance_scale",
             f"{spec.name} is guidance-distilled and samples without guidance; use guidance_scale 1 (or 0)",
         )
     for flag in ("tag", "lyric", "diffusion"):
         if getattr(settings, f"use_erg_{flag}") and flag not in spec.supported_erg:
-            raise SettingsError(
+            raise InvalidField(
                 f"use_erg_{flag}", f"{spec.name} does not support entropy-rectifying guidance; set it to false"
             )
     if settings.oss_steps:
         if list(settings.oss_steps) != sorted(set(settings.oss_steps)):
-            raise SettingsError("oss_steps", "steps must be strictly increasing")
+            raise InvalidField("oss_steps", "steps must be strictly increasing")
         if settings.scheduler_type == "heun":
-            raise SettingsError(
+            raise InvalidField(
                 "oss_steps", "ACE-Step defines oss_steps only for the euler and pingpong schedulers, not heun"
             )
         if settings.infer_step != max(settings.oss_steps):
-            raise SettingsError("infer_step", "with oss_steps, infer_step is max(oss_steps)")
+            raise InvalidField("infer_step", "with oss_steps, infer_step is max(oss_steps)")
