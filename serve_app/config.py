@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -58,6 +58,9 @@ class StorageSettings(BaseModel):
         return "minio" if self.minio.endpoint or os.environ.get("MINIO_ENDPOINT") else "local"
 
 
+DeploymentName = Literal["Ingress", "Generator", "JobCoordinator"]
+
+
 class AppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -86,6 +89,13 @@ class AppConfig(BaseModel):
     """Jobs sent to the generators at once; the rest wait in the coordinator, in order."""
     webhook_allow_private_networks: bool = False
     """Let job webhooks reach loopback, private and link-local addresses (off: only public hosts)."""
+    generate_timeout_s: float = Field(default=60.0, gt=0)
+    """How long a caller (the ingress, the job coordinator) waits for a generator replica to take a
+    request before giving up with a 503 (no replica placed, every queue full); not a limit on the
+    generation itself."""
+    deployment_options: dict[DeploymentName, dict[str, Any]] = Field(default_factory=dict)
+    """Per deployment, Serve options merged over the defaults in ``deployments/app.py``
+    (dicts such as ``ray_actor_options`` key by key)."""
 
     @model_validator(mode="after")
     def _known_models(self) -> AppConfig:

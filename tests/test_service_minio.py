@@ -16,10 +16,7 @@ import pytest
 import soundfile as sf
 from minio import Minio
 
-from deployments.generator import Generator
-from deployments.ingress import Ingress
-from deployments.jobs import JobCoordinatorDeployment
-from serve_app.config import AppConfig
+from deployments.app import build_app
 
 from .conftest import TEST_MODEL, run_app
 from .s3_server import S3TestServer
@@ -39,31 +36,27 @@ def s3():
 def client(serve_instance, s3):
     from ray import serve
 
-    settings = AppConfig(
-        models=[TEST_MODEL],
-        num_gpus=0,
-        batch_wait_s=0.05,
-        storage={
-            "kind": "minio",
-            "minio": {
-                "endpoint": s3.endpoint,
-                "access_key": "test-access-key",
-                "secret_key": "test-secret-key",
-                "bucket": BUCKET,
-                "secure": False,
-                "region": "us-east-1",
+    app = build_app(
+        dict(
+            models=[TEST_MODEL],
+            num_gpus=0,
+            batch_wait_s=0.05,
+            storage={
+                "kind": "minio",
+                "minio": {
+                    "endpoint": s3.endpoint,
+                    "access_key": "test-access-key",
+                    "secret_key": "test-secret-key",
+                    "bucket": BUCKET,
+                    "secure": False,
+                    "region": "us-east-1",
+                },
             },
-        },
-    ).model_dump()
-    # build_app's CPU composition, with the tightest queue limits.
-    generator = Generator.options(
-        ray_actor_options={"num_gpus": 0, "num_cpus": 1},
-        autoscaling_config={"min_replicas": 1, "max_replicas": 1},
-        max_ongoing_requests=1,
-        max_queued_requests=1,
+            # The tightest queue limits.
+            deployment_options={"Generator": {"max_ongoing_requests": 1, "max_queued_requests": 1}},
+        )
     )
-    bound = generator.bind(settings)
-    run_app(Ingress.bind(bound, JobCoordinatorDeployment.bind(bound, settings), settings), APP, PREFIX)
+    run_app(app, APP, PREFIX)
     with httpx.Client(base_url=f"{serve_instance}{PREFIX}", timeout=60) as client:
         yield client
     serve.delete(APP)

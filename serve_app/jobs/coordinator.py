@@ -271,6 +271,9 @@ class JobCoordinator:
                     elif self._is_replica_lost(exc) and job.status.attempts < self.config.max_attempts:
                         logger.warning("job %s lost its generator replica (%s); retrying", job.status.job_id, exc)
                         self._restart_progress(job)
+                    elif self._is_replica_lost(exc):
+                        message = f"the generator replica running the job was lost {job.status.attempts} times"
+                        await self._finish(job, "failed", error=JobError(type="replica_lost", message=message))
                     else:
                         await self._finish(job, "failed", error=self._describe(exc))
                     continue
