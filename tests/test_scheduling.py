@@ -111,50 +111,58 @@ def flat(ranks: list[list[str]]) -> list[str]:
 
 
 def test_a_replica_forming_a_batch_of_the_key_with_room_comes_first_fullest_first():
-    ranking = KeyRanking()
     views = replicas(0.0, 5.0, 3.0, forming={1: {"A": 2}, 2: {"A": 5, "B": 1}})
-    ranks = ranking.rank("A", views)
+    ranks = KeyRanking().rank("A", views, join_slack_s=10, home_slack_s=1)
     assert ranks[:2] == [["r1"], ["r2"]]
     assert sorted(flat(ranks)) == ["r0", "r1", "r2"]  # every replica stays reachable: a full one spills over
+
+
+def test_a_forming_batch_too_far_above_the_least_loaded_is_not_joined():
+    views = replicas(0.0, 12.0, 3.0, forming={1: {"A": 2}})
+    assert KeyRanking().rank("A", views, join_slack_s=10, home_slack_s=1)[0] == ["r0"]
+
+
+def test_a_forming_batch_that_starts_soon_is_joined_even_on_a_busier_replica():
+    starts_soon = ReplicaView("r1", backlog_s=30.0, forming={"A": 3}, forming_starts_in_s={"A": 2.0})
+    starts_late = ReplicaView("r2", backlog_s=30.0, forming={"A": 3}, forming_starts_in_s={"A": 25.0})
+    ranks = KeyRanking().rank("A", [ReplicaView("r0"), starts_soon, starts_late], join_slack_s=4, home_slack_s=1)
+    assert ranks[0] == ["r1"] and ["r2"] not in ranks[:2]
 
 
 def test_without_a_forming_batch_every_caller_picks_the_same_home_among_the_least_loaded():
     views = replicas(0.0, 0.0, 0.0, 0.0)
     expected = max(views, key=lambda view: rendezvous_score("A", view.replica_id)).replica_id
-    assert KeyRanking().rank("A", views)[0] == [expected]
-    assert KeyRanking().rank("A", list(reversed(views)))[0] == [expected]  # order of candidates does not matter
-    spread = {KeyRanking().rank(f"key{n}", views)[0][0] for n in range(40)}
+    assert KeyRanking().rank("A", views, 10, 1)[0] == [expected]
+    assert KeyRanking().rank("A", list(reversed(views)), 10, 1)[0] == [expected]  # candidate order is irrelevant
+    spread = {KeyRanking().rank(f"key{n}", views, 10, 1)[0][0] for n in range(40)}
     assert len(spread) == 4  # different keys get different homes
 
 
-def test_an_overloaded_replica_is_never_preferred_and_the_rest_go_least_loaded_first():
-    ranking = KeyRanking(load_slack_s=10)
-    views = replicas(100.0, 4.0, 0.0, 50.0, forming={0: {"A": 7}})
-    ranks = ranking.rank("A", views)
-    assert ranks[0] in (["r1"], ["r2"])  # the home, among those near the least loaded
-    assert flat(ranks)[-2:] == ["r3", "r0"]
+def test_a_new_batch_goes_where_it_starts_soonest_and_the_rest_least_loaded_first():
+    views = replicas(100.0, 4.0, 0.5, 50.0, forming={0: {"A": 7}})
+    ranks = KeyRanking().rank("A", views, join_slack_s=10, home_slack_s=1)
+    assert ranks == [["r2"], ["r1"], ["r3"], ["r0"]]
 
 
 def test_a_caller_remembers_where_it_opened_a_batch_until_the_stats_catch_up():
     clock = Clock()
     ranking = KeyRanking(memory_s=0.5, clock=clock)
     views = replicas(0.0, 0.0, 0.0)
-    home = ranking.rank("A", views)[0][0]
+    home = ranking.rank("A", views, 10, 1)[0][0]
     other = next(view.replica_id for view in views if view.replica_id != home)
     ranking.routed("A", other, items=1, cap=3)  # e.g. the home was full, it spilled over
-    assert ranking.rank("A", views)[0] == [other]
+    assert ranking.rank("A", views, 10, 1)[0] == [other]
     ranking.routed("A", other, items=1, cap=3)
-    assert ranking.rank("A", views)[0] == [other]
+    assert ranking.rank("A", views, 10, 1)[0] == [other]
     ranking.routed("A", other, items=1, cap=3)  # that batch is full now
-    assert ranking.rank("A", views)[0] == [home]
+    assert ranking.rank("A", views, 10, 1)[0] == [home]
     ranking.routed("A", other, items=1, cap=3)
     clock.now = 0.6  # forgotten: only the stats speak
-    assert ranking.rank("A", views)[0] == [home]
+    assert ranking.rank("A", views, 10, 1)[0] == [home]
 
 
-def test_no_key_is_starved_every_replica_is_always_ranked():
-    ranking = KeyRanking(load_slack_s=0)
+def test_every_replica_is_always_ranked_for_every_key():
     views = replicas(0.0, 30.0, 60.0, forming={1: {"hot": 1}, 2: {"hot": 1}})
     for key in ("hot", "cold"):
-        assert sorted(flat(ranking.rank(key, views))) == ["r0", "r1", "r2"]
-    assert ranking.rank("cold", views)[0] == ["r0"]
+        assert sorted(flat(KeyRanking().rank(key, views, 0, 0))) == ["r0", "r1", "r2"]
+    assert KeyRanking().rank("cold", views, 0, 0)[0] == ["r0"]

@@ -151,6 +151,8 @@ def test_engine_reports_queued_and_running_work_and_room_in_forming_batches(simu
             assert load.backlog_s <= one_batch_of_four_and_one_of_two + running_estimate
             assert load.requests == 4
             assert load.forming == {key_id(settings): 2}
+            forming_alone = engine.estimate_s(settings, 2)
+            assert load.forming_starts_in_s[key_id(settings)] == pytest.approx(load.backlog_s - forming_alone)
             gate.set()
             responses = await asyncio.gather(first, *rest)
             assert engine.load().backlog_s == 0.0 and engine.load().requests == 0

@@ -117,14 +117,22 @@ class GenerationEngine:
         backlog = 0.0
         if self._running_ends_at is not None:
             backlog += max(0.0, self._running_ends_at - time.monotonic())
-        forming: dict[str, int] = {}
+        forming: dict[str, tuple[int, float]] = {}
         for settings, queued in self._batcher.queued_by_key().items():
             cap = self.batch_cap(settings)
             full, rest = divmod(queued, cap)
-            backlog += full * self.estimate_s(settings, cap) + (self.estimate_s(settings, rest) if rest else 0.0)
+            backlog += full * self.estimate_s(settings, cap)
             if rest:
-                forming[key_id(settings)] = cap - rest
-        return ReplicaLoad(backlog_s=backlog, requests=self._requests, forming=forming)
+                partial = self.estimate_s(settings, rest)
+                backlog += partial
+                forming[key_id(settings)] = (cap - rest, partial)
+        return ReplicaLoad(
+            backlog_s=backlog,
+            requests=self._requests,
+            forming={key: room for key, (room, _) in forming.items()},
+            # Queues run oldest head first, so a forming batch may have everything else ahead of it.
+            forming_starts_in_s={key: backlog - own for key, (_, own) in forming.items()},
+        )
 
     async def generate(self, plan: GenerationPlan, progress: ProgressSink | None = None) -> GenerateResponse:
         """Run a plan; cancelling the call cancels it: queued items leave their queue at

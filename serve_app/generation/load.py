@@ -34,6 +34,8 @@ class ReplicaLoad:
     """Requests in this replica (queued or running)."""
     forming: dict[str, int] = field(default_factory=dict)
     """Free slots of the forming batch, by ``key_id``; keys whose queue fills whole batches are absent."""
+    forming_starts_in_s: dict[str, float] = field(default_factory=dict)
+    """Estimated GPU seconds of work ahead of each forming batch (the backlog without it)."""
 
     def autoscaling_stats(self) -> dict[str, float]:
         return {"backlog_s": self.backlog_s, "requests": float(self.requests)}
@@ -42,6 +44,7 @@ class ReplicaLoad:
         return {
             "backlog_s": self.backlog_s,
             "forming": dict(self.forming),
+            "forming_starts_in_s": dict(self.forming_starts_in_s),
             "max_batch_size": max_batch_size,
             "max_batch_audio_s": max_batch_audio_s,
         }

@@ -4,20 +4,24 @@ Ranks, best first (Serve's router takes the first rank with a replica below
 ``max_ongoing_requests``, so a full replica spills over to the next rank and
 no replica is ever sent more than it accepts):
 
-1. Replicas forming a batch of the plan's key with room left, fullest first:
-   as their routing stats say (``forming``, 0.2-0.4 s old) or as this caller
-   remembers routing there within ``memory_s`` (fresher, but per caller).
-2. The key's *home*: among replicas within ``load_slack_s`` GPU seconds of the
-   least loaded, the one with the highest rendezvous hash of (key, replica).
+1. Replicas forming a batch of the plan's key with room left, fullest first,
+   if that batch starts within ``join_slack_s`` of when a new batch would on
+   the least loaded replica (work ahead of it vs. that replica's backlog): as their routing stats say
+   (``forming``, 0.2-0.4 s old) or as this caller remembers routing there
+   within ``memory_s`` (fresher, but per caller). The slack is what joining a
+   batch is worth waiting for (the router uses one item's estimated GPU
+   seconds: a longer wait costs the caller more than batching saves).
+2. The key's *home* for a new batch: among replicas within ``home_slack_s``
+   of the least loaded (about one item: a new batch goes where it starts
+   soonest), the one with the highest rendezvous hash of (key, replica).
    Every caller (each proxy and ingress replica runs its own router) computes
    the same home without talking, so concurrent first items of a key meet on
    one replica instead of opening a half-full batch on each.
 3. Every other replica, least backlog first.
 
-A replica more than ``load_slack_s`` above the least loaded is never
-preferred in ranks 1-2, so a busy key cannot pile onto one replica while
-others idle. Fairness between keys inside a replica is the batcher's (the
-longest-waiting ready queue runs first).
+So a busy key cannot pile onto one replica while others idle, and no key
+waits for another: fairness between keys inside a replica is the batcher's
+(the longest-waiting ready queue runs first).
 """
 
 from __future__ import annotations
@@ -36,11 +40,21 @@ class ReplicaView:
     backlog_s: float = 0.0
     forming: Mapping[str, int] = field(default_factory=dict)
     """Free slots of the batch forming there, by key."""
+    forming_starts_in_s: Mapping[str, float] = field(default_factory=dict)
+    """GPU seconds of work ahead of that batch, by key (the backlog when absent)."""
 
     @classmethod
     def from_stats(cls, replica_id: str, stats: Mapping | None) -> ReplicaView:
         stats = stats or {}
-        return cls(replica_id, float(stats.get("backlog_s", 0.0)), dict(stats.get("forming") or {}))
+        return cls(
+            replica_id,
+            float(stats.get("backlog_s", 0.0)),
+            dict(stats.get("forming") or {}),
+            dict(stats.get("forming_starts_in_s") or {}),
+        )
+
+    def forming_starts_in(self, key: str) -> float:
+        return self.forming_starts_in_s.get(key, self.backlog_s)
 
 
 def rendezvous_score(key: str, replica_id: str) -> int:
@@ -56,30 +70,35 @@ class _Routed:
 
 
 class KeyRanking:
-    def __init__(
-        self, load_slack_s: float = 30.0, memory_s: float = 0.5, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.load_slack_s = load_slack_s
+    def __init__(self, memory_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
         self.memory_s = memory_s
         self._clock = clock
         self._routed: dict[str, _Routed] = {}
         self._room_seen: dict[str, dict[str, int]] = {}
 
-    def rank(self, key: str, replicas: Sequence[ReplicaView]) -> list[list[str]]:
-        """Replica ids in ranks, best first; every replica appears exactly once."""
+    def rank(
+        self, key: str, replicas: Sequence[ReplicaView], join_slack_s: float, home_slack_s: float
+    ) -> list[list[str]]:
+        """Replica ids in ranks, best first; every replica appears exactly once.
+
+        The slacks are GPU seconds above the least loaded replica (see the module doc).
+        """
         if not replicas:
             return []
         least = min(replica.backlog_s for replica in replicas)
-        eligible = [replica for replica in replicas if replica.backlog_s <= least + self.load_slack_s]
-        room = {replica.replica_id: replica.forming.get(key, 0) for replica in eligible}
+        room = {replica.replica_id: replica.forming.get(key, 0) for replica in replicas}
         remembered = self._remembered(key)
         if remembered is not None and remembered.replica_id in room:
             room[remembered.replica_id] = remembered.room
         self._room_seen[key] = room
-        joinable = sorted((slots, replica_id) for replica_id, slots in room.items() if slots > 0)
+        joinable = sorted(
+            (room[replica.replica_id], replica.replica_id)
+            for replica in replicas
+            if room[replica.replica_id] > 0 and replica.forming_starts_in(key) <= least + join_slack_s
+        )
         ranks = [[replica_id] for _, replica_id in joinable]
         placed = {replica_id for _, replica_id in joinable}
-        homes = [replica for replica in eligible if replica.replica_id not in placed]
+        homes = [r for r in replicas if r.replica_id not in placed and r.backlog_s <= least + home_slack_s]
         if homes:
             home = max(homes, key=lambda replica: rendezvous_score(key, replica.replica_id))
             ranks.append([home.replica_id])
