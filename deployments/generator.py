@@ -47,6 +47,7 @@ class Generator:
             ),
             metrics=ServeMetrics(),
         )
+        self.engine.check_store()
 
     async def generate(self, plan: GenerationPlan) -> GenerateResponse:
         return await self.engine.generate(plan)

@@ -81,6 +81,13 @@ class Unavailable(ServiceError):
     retry_after_s = 5
 
 
+class StorageMisconfigured(ServiceError):
+    """The server's object store is misconfigured (credentials, bucket, endpoint): retrying cannot help."""
+
+    status = 500
+    type = "storage_misconfigured"
+
+
 class GenerationFailed(ServiceError):
     status = 500
     type = "generation_failed"

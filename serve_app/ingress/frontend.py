@@ -18,7 +18,7 @@ from ..jobs import JobRecords, JobRequest, JobStatus
 from ..metrics import NullMetrics
 from ..pipeline.registry import CATALOG
 from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
-from ..storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageError
+from ..storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageConfigError, StorageError
 from .planner import Planner, PlanningError
 
 JOB_EVENTS_KEEPALIVE_S = 15.0
@@ -126,13 +126,19 @@ class Frontend:
 
     async def health(self) -> dict[str, Any]:
         generator_ready = await self.generator.ready()
+        problem = None
         try:
             await asyncio.to_thread(self.store.check)
             storage = "ok"
+        except StorageConfigError as exc:
+            storage, problem = "misconfigured", exc.public_message
         except StorageError:
             storage = "unavailable"
         status = "ok" if generator_ready and storage == "ok" else "unavailable"
-        return {"status": status, "generator": "ready" if generator_ready else "not ready", "storage": storage}
+        health = {"status": status, "generator": "ready" if generator_ready else "not ready", "storage": storage}
+        if problem is not None:
+            health["storage_problem"] = problem
+        return health
 
     async def read_output(self, key: str) -> bytes:
         if not isinstance(self.store, LocalStore):
