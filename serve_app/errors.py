@@ -87,6 +87,14 @@ class StorageMisconfigured(ServiceError):
     status = 500
     type = "storage_misconfigured"
 
+    @classmethod
+    def because(cls, problem: str) -> StorageMisconfigured:
+        """``problem``: what is wrong and the setting to fix, with no endpoint or bucket names."""
+        return cls(
+            f"the server's object storage is misconfigured ({problem}); "
+            "nothing was stored, and retrying will not help until an operator fixes it"
+        )
+
 
 class GenerationFailed(ServiceError):
     status = 500

@@ -8,16 +8,19 @@ before any GPU work, not a 503 after the whole generation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 from fastapi.testclient import TestClient
 
+from serve_app.errors import StorageMisconfigured
 from serve_app.generation.engine import EngineConfig, GenerationEngine
 from serve_app.ingress.api import create_app
 from serve_app.ingress.frontend import Frontend
 from serve_app.ingress.planner import Planner
 from serve_app.ingress.presets import PresetBook
+from serve_app.jobs import JobCoordinator, JobRecords, JobRequest
 from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.storage import MinioStore
 
@@ -122,3 +125,21 @@ def test_a_missing_bucket_is_refused_until_an_operator_creates_it(s3_server, s3_
     response = client.post("/generate", json=BODY)  # noticed without a restart
     assert response.status_code == 200, response.text
     assert pipeline.batches == 1 and client.get("/health").json()["storage"] == "ok"
+
+
+def test_a_job_is_refused_as_misconfigured_when_it_cannot_be_recorded(s3_server, s3_bucket):
+    store = MinioStore(s3_server.minio_config(s3_bucket, secret_key="not-the-secret"))
+    started = []
+    planner = Planner(PresetBook.load(), served_models=[TEST_MODEL], default_model=TEST_MODEL)
+    plan = planner.plan(JobRequest(**BODY), "a" * 32)
+
+    async def submit():
+        jobs = JobCoordinator(JobRecords(store), lambda plan: started.append(plan))
+        try:
+            await jobs.submit(plan)
+        finally:
+            await jobs.close()
+
+    with pytest.raises(StorageMisconfigured, match="MINIO_SECRET_KEY"):
+        asyncio.run(submit())
+    assert started == []

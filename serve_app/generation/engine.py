@@ -184,7 +184,7 @@ class GenerationEngine:
         try:
             await asyncio.get_running_loop().run_in_executor(self._io, self.store.check)
         except StorageConfigError as exc:
-            raise _misconfigured(exc) from None
+            raise StorageMisconfigured.because(exc.public_message) from None
         except StorageError:
             pass  # an outage is answered where it bites, with a 503 to retry
 
@@ -322,7 +322,7 @@ class GenerationEngine:
         except StorageConfigError as exc:
             logger.error("request %s: storing %s failed: %s", plan.request_id, key, exc)
             self.metrics.storage_op("write_output", time.perf_counter() - started, ok=False)
-            raise _misconfigured(exc) from None
+            raise StorageMisconfigured.because(exc.public_message) from None
         except StorageError as exc:
             # The details name endpoints and buckets: for the log, not the client.
             logger.error("request %s: storing %s failed: %s", plan.request_id, key, exc)
@@ -390,13 +390,6 @@ class GenerationEngine:
     def close(self) -> None:
         self._gpu.shutdown(wait=False, cancel_futures=True)
         self._io.shutdown(wait=False, cancel_futures=True)
-
-
-def _misconfigured(exc: StorageConfigError) -> StorageMisconfigured:
-    return StorageMisconfigured(
-        f"the server's object storage is misconfigured ({exc.public_message}); "
-        "nothing was stored, and retrying will not help until an operator fixes it"
-    )
 
 
 def resolved_params(plan: GenerationPlan) -> dict:

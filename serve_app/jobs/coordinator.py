@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from ..errors import Conflict, ServiceError, Unavailable
+from ..errors import Conflict, ServiceError, StorageMisconfigured, Unavailable
 from ..progress import GenerationCancelled, Progress
 from ..schemas import GenerateResponse, GenerationPlan
-from ..storage import StorageError
+from ..storage import StorageConfigError, StorageError
 from .models import ItemProgress, JobError, JobProgress, JobRecord, JobStatus, WebhookDelivery
 from .records import JobNotFound, JobRecords
 from .webhooks import WebhookSender
@@ -152,6 +152,8 @@ class JobCoordinator:
         except StorageError as exc:
             logger.error("job %s could not be recorded: %s", job_id, exc)
             await asyncio.to_thread(self._clear_marker_quietly, job_id)
+            if isinstance(exc, StorageConfigError):
+                raise StorageMisconfigured.because(exc.public_message) from None
             raise Unavailable("the job store is unavailable; the job was not accepted, retry later") from None
         job.persisted_at = self._clock()
         self._enqueue(job)
