@@ -65,6 +65,14 @@ class Generator:
         async for event in self.engine.events(plan):
             yield event
 
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Backlog in estimated GPU seconds, for ``serve_app.scheduling.backlog_policy``."""
+        return self.engine.load().autoscaling_stats()
+
+    def record_routing_stats(self) -> dict:
+        """Backlog and room in forming batches, for ``deployments.router.BatchKeyRouter``."""
+        return self.engine.load().routing_stats(self.config.max_batch_size, self.config.max_batch_audio_s)
+
     async def check_health(self) -> None:
         self.engine.check_health()
         # A store outage is logged, never fatal: see serve_app/storage/watch.py.

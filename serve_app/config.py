@@ -103,6 +103,13 @@ class AppConfig(BaseModel):
     """How long a caller (the ingress, the job coordinator) waits for a generator replica to take a
     request before giving up with a 503 (no replica placed, every queue full); not a limit on the
     generation itself."""
+    autoscaling: Literal["backlog", "requests"] = "backlog"
+    """Generator autoscaling: ``backlog`` keeps the expected wait (estimated GPU seconds queued per
+    replica) under ``target_queue_wait_s``; ``requests`` is Serve's policy on ongoing requests."""
+    target_queue_wait_s: float = Field(default=30.0, gt=0)
+    routing: Literal["batch_key", "default"] = "batch_key"
+    """Generator routing: ``batch_key`` sends a plan to the replica forming a batch of its key, else
+    the least loaded; ``default`` is Serve's power-of-two-choices router."""
     deployment_options: dict[DeploymentName, dict[str, Any]] = Field(default_factory=dict)
     """Per deployment, Serve options merged over the defaults in ``deployments/app.py``
     (dicts such as ``ray_actor_options`` key by key)."""

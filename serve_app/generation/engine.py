@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -24,6 +23,7 @@ from ..audio import content_type, encode_audio, file_extension, resample
 from ..errors import GenerationFailed, StorageMisconfigured, Unavailable
 from ..ingress.output_names import split_output_name
 from ..metrics import NullMetrics
+from ..pipeline.cost import CostModel
 from ..pipeline.music_pipeline import BatchOutput, ItemOutput, MusicPipeline
 from ..pipeline.settings import BatchSettings, ItemSettings
 from ..progress import GenerationCancelled, Progress, ProgressSink, Stage
@@ -31,6 +31,7 @@ from ..schemas import GenerateResponse, GenerationPlan, ItemFailure, OutputFile
 from ..storage import ObjectStore, StorageConfigError, StorageError, build_output_key, sidecar_key, write_output
 from ..storage.janitor import PendingUploads
 from .batching import BatchInfo, KeyedBatcher
+from .load import ReplicaLoad, batch_cap, key_id
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +136,39 @@ class GenerationEngine:
         """Clean-ups of cancelled requests (``_abandon``), which no request waits for; ``drain`` waits for them."""
         self._device_error: str | None = None
         self.uploads = PendingUploads(store, self.config.jobs_prefix)
+        self._costs = {name: CostModel(scale=pipeline.spec.relative_cost) for name, pipeline in self.pipelines.items()}
+        self._running_ends_at: float | None = None
+        """When the cost model expects the running batch to finish (``time.monotonic``)."""
+        self._requests = 0
 
     def batch_cap(self, settings: BatchSettings) -> int:
-        by_audio = math.floor(self.config.max_batch_audio_s / settings.audio_duration)
-        return max(1, min(self.config.max_batch_size, by_audio))
+        return batch_cap(settings.audio_duration, self.config.max_batch_size, self.config.max_batch_audio_s)
+
+    def estimate_s(self, settings: BatchSettings, items: int) -> float:
+        """Estimated GPU seconds of one batch (``pipeline.cost``, scaled per model)."""
+        return self._costs[settings.model].estimate(settings, items)
+
+    def load(self) -> ReplicaLoad:
+        """Queued and running work in estimated GPU seconds, and the room in each forming batch."""
+        backlog = 0.0
+        if self._running_ends_at is not None:
+            backlog += max(0.0, self._running_ends_at - time.monotonic())
+        forming: dict[str, tuple[int, float]] = {}
+        for settings, queued in self._batcher.queued_by_key().items():
+            cap = self.batch_cap(settings)
+            full, rest = divmod(queued, cap)
+            backlog += full * self.estimate_s(settings, cap)
+            if rest:
+                partial = self.estimate_s(settings, rest)
+                backlog += partial
+                forming[key_id(settings)] = (cap - rest, partial)
+        return ReplicaLoad(
+            backlog_s=backlog,
+            requests=self._requests,
+            forming={key: room for key, (room, _) in forming.items()},
+            # Queues run oldest head first, so a forming batch may have everything else ahead of it.
+            forming_starts_in_s={key: backlog - own for key, (_, own) in forming.items()},
+        )
 
     async def generate(self, plan: GenerationPlan, progress: ProgressSink | None = None) -> GenerateResponse:
         """Run a plan; cancelling the call cancels it: queued items leave their queue at
@@ -155,6 +185,7 @@ class GenerationEngine:
         for work in works:
             work.report("queued")
         upload = _Upload(plan.request_id)
+        self._requests += 1
         try:
             results = await asyncio.gather(
                 *(self._produce(plan, settings, work, upload) for work in works), return_exceptions=True
@@ -164,6 +195,8 @@ class GenerationEngine:
                 work.cancelled = True
             self._track(asyncio.get_running_loop().create_task(self._abandon(upload)))
             raise
+        finally:
+            self._requests -= 1
         return await self._respond(plan, upload, results, time.perf_counter() - started)
 
     def check_store(self) -> None:
@@ -253,6 +286,7 @@ class GenerationEngine:
         for work in works:
             work.report("running", 0)
         started = time.perf_counter()
+        self._running_ends_at = time.monotonic() + self.estimate_s(settings, len(works))
         loop = asyncio.get_running_loop()
         try:
             output: BatchOutput = await loop.run_in_executor(
@@ -268,6 +302,8 @@ class GenerationEngine:
             # A CUDA error poisons the context: let the health check have the replica replaced.
             self._device_error = f"{type(exc).__name__}: {exc}"
             raise
+        finally:
+            self._running_ends_at = None
         elapsed = time.perf_counter() - started
         finished = sum(1 for item in output.items if item.waveform is not None)
         self.metrics.batch_finished(settings.model, len(works), finished * settings.audio_duration, elapsed)
