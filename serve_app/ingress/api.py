@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-import mimetypes
 import os
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
+from ..audio import AUDIO_FORMATS, content_type
 from ..errors import InvalidRequest, ServiceError, Unauthorized
 from ..jobs import JobAccepted, JobRequest, JobStatus
 from ..schemas import (
@@ -33,6 +33,15 @@ logger = logging.getLogger(__name__)
 
 API_KEYS_ENV = "ACESTEP_API_KEYS"
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (401, 404, 409, 422, 500, 503)}
+_AUDIO_BODY = {media: {"schema": {"type": "string", "format": "binary"}} for media in map(content_type, AUDIO_FORMATS)}
+OUTPUT_RESPONSES = {
+    200: {
+        "description": "The whole file, typed as its sidecar records (`audio/wav`, `audio/mpeg`, ...).",
+        "content": _AUDIO_BODY,
+    },
+    206: {"description": "The byte range asked for with `Range`, with `Content-Range`.", "content": _AUDIO_BODY},
+    416: {"description": "The range starts past the end of the file; `Content-Range: bytes */<size>`."},
+}
 
 
 def require_api_key(request: Request) -> None:
@@ -72,11 +81,20 @@ def create_app(frontend: Frontend) -> FastAPI:
         report = await frontend.health()
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
-    @app.get("/outputs/{key:path}", responses=ERROR_RESPONSES, dependencies=authed)
-    async def outputs(key: str) -> Response:
-        data = await frontend.read_output(key)
-        media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
-        return Response(content=data, media_type=media_type)
+    @app.api_route(
+        "/outputs/{key:path}",
+        methods=["GET", "HEAD"],
+        response_class=FileResponse,
+        responses={**OUTPUT_RESPONSES, **ERROR_RESPONSES},
+        dependencies=authed,
+    )
+    async def outputs(key: str) -> FileResponse:
+        """A stored file of the local store, streamed from disk. `Range: bytes=a-b` answers 206 with
+        that slice (browsers seek in audio this way), `HEAD` the headers alone; `ETag` and
+        `Last-Modified` let clients cache. MinIO outputs come as presigned URLs instead, which
+        MinIO serves with the same range and caching support."""
+        path, media_type = await frontend.output_file(key)
+        return FileResponse(path, media_type=media_type)
 
     @app.post("/jobs", status_code=202, response_model=JobAccepted, responses=ERROR_RESPONSES, dependencies=authed)
     async def submit_job(body: JobRequest, response: Response) -> JobAccepted:
