@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -230,17 +233,20 @@ def test_python_handle_api(base_url):
     assert [field.field for field in caught.value.fields] == ["infer_step"]
 
 
-def scrape() -> dict[tuple[str, str], float]:
-    """Each sample of the Prometheus endpoint by (name, le), summed over replicas and tags."""
+def scrape_samples() -> list:
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as response:
         text = response.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def scrape() -> dict[tuple[str, str], float]:
+    """Each sample of the Prometheus endpoint by (name, le), summed over replicas and tags."""
     samples: dict[tuple[str, str], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = (sample.name, sample.labels.get("le", ""))
-            samples[key] = samples.get(key, 0.0) + sample.value
+    for sample in scrape_samples():
+        key = (sample.name, sample.labels.get("le", ""))
+        samples[key] = samples.get(key, 0.0) + sample.value
     return samples
 
 
@@ -250,8 +256,6 @@ def batches_of_size(samples: dict, size: int) -> float:
 
 
 def test_the_exported_batch_size_distribution_counts_each_batch_at_its_size(client):
-    import time
-
     before = scrape()
     body = generate(client, infer_step=3, actual_seeds=[11, 12, 13, 14])  # no other test runs a batch of 4
     assert [output["batch_size"] for output in body["outputs"]] == [4, 4, 4, 4]
@@ -267,12 +271,32 @@ def test_the_exported_batch_size_distribution_counts_each_batch_at_its_size(clie
     assert count == sum(batches_of_size(after, size) for size in sizes)
     assert after[("ray_acestep_batch_size_sum", "")] == sum(size * batches_of_size(after, size) for size in sizes)
     assert after[("ray_acestep_batch_size_sum", "")] - before.get(("ray_acestep_batch_size_sum", ""), 0) >= 4
-    for name in (
-        "ray_acestep_requests_total",
-        "ray_acestep_queue_wait_seconds_count",
-        "ray_acestep_generation_seconds_count",
-        "ray_acestep_audio_seconds_total",
-        "ray_acestep_realtime_factor_count",
-        "ray_acestep_storage_seconds_count",
-    ):
-        assert after.get((name, ""), 0) > 0, name
+
+
+def test_every_series_the_grafana_dashboard_queries_is_exported(client):
+    dashboard = json.loads((Path(__file__).parents[1] / "configs/grafana/acestep.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(ray_\w+)\{", target["expr"])
+    }
+    generate(client, infer_step=3)  # at least one of everything, then wait for Ray's export interval
+    labels: dict[str, set[str]] = {}
+    deadline = time.monotonic() + 60
+    while not queried <= labels.keys() and time.monotonic() < deadline:
+        labels = {}
+        for sample in scrape_samples():
+            labels.setdefault(sample.name, set()).update(sample.labels)
+        time.sleep(0.5)
+    assert queried <= labels.keys(), queried - labels.keys()
+    for name in queried:  # the dashboard's application filter, and each panel's legend labels, exist
+        assert "application" in labels[name], name
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            names = re.findall(r"\b(ray_\w+)\{", target["expr"])
+            for legend_label in re.findall(r"\{\{(\w+)\}\}", target["legendFormat"]):
+                assert legend_label == "le" or any(legend_label in labels[name] for name in names), (
+                    panel["title"],
+                    legend_label,
+                )
