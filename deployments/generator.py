@@ -18,6 +18,8 @@ from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.progress import Progress
 from serve_app.schemas import GenerateResponse, GenerationPlan
 
+from .replica_logs import route_app_logs_to_serve
+
 logger = logging.getLogger("ray.serve")
 
 
@@ -41,6 +43,7 @@ logger = logging.getLogger("ray.serve")
 )
 class Generator:
     def __init__(self, config: dict) -> None:
+        route_app_logs_to_serve()
         self.config = AppConfig.model_validate(config)
         device = self.config.resolved_device()
         pipelines = {

@@ -12,6 +12,7 @@ for other Ray applications (see the README):
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -32,6 +33,10 @@ from serve_app.ingress.presets import PresetBook
 from serve_app.jobs import JobRequest, JobStatus
 from serve_app.metrics import ServeMetrics
 from serve_app.schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
+
+from .replica_logs import route_app_logs_to_serve
+
+logger = logging.getLogger("ray.serve")
 
 READY_CACHE_S = 2.0
 
@@ -117,6 +122,7 @@ class ServeJobsClient:
 @serve.ingress()
 class Ingress:
     def __init__(self, generator: DeploymentHandle, jobs: DeploymentHandle, config: dict) -> None:
+        route_app_logs_to_serve()
         self.config = AppConfig.model_validate(config)
         planner = Planner(
             PresetBook.load(self.config.presets_path),
@@ -124,10 +130,12 @@ class Ingress:
             default_model=self.config.default_model,
         )
         app_name = serve.get_replica_context().app_name
+        store = self.config.make_store()
+        logger.info("storage: %s (%s); auth: %s", self.config.storage.resolved_kind(), store, api.auth_mode())
         self.frontend = Frontend(
             planner,
             ServeGeneratorClient(generator, app_name),
-            self.config.make_store(),
+            store,
             ServeMetrics(),
             jobs=ServeJobsClient(jobs),
             jobs_prefix=self.config.jobs_prefix,

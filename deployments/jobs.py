@@ -18,6 +18,8 @@ from serve_app.config import AppConfig
 from serve_app.jobs import CoordinatorConfig, JobCoordinator, JobRecords, JobStatus, WebhookPolicy, WebhookSender
 from serve_app.schemas import GenerationPlan
 
+from .replica_logs import route_app_logs_to_serve
+
 
 def _replica_lost(exc: BaseException) -> bool:
     return isinstance(exc, RayActorError)
@@ -37,6 +39,7 @@ def _generators_busy(exc: BaseException) -> bool:
 )
 class JobCoordinatorDeployment:
     async def __init__(self, generator: DeploymentHandle, config: dict) -> None:
+        route_app_logs_to_serve()
         settings = AppConfig.model_validate(config)
         self._generator = generator.options(stream=True)
         self.jobs = JobCoordinator(

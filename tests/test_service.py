@@ -214,6 +214,19 @@ def test_catalog_and_health(client):
     assert health.status_code == 200 and health.json()["generator"] == "ready"
 
 
+def replica_log(deployment: str) -> str:
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return "".join(path.read_text() for path in logs.glob(f"replica_{APP}_{deployment}_*.log"))
+
+
+def test_replica_logs_say_which_models_storage_and_auth_are_in_force(client, outputs_dir):
+    assert re.search(rf"model {TEST_MODEL} ready: \w+ on cpu, loaded in [\d.]+ s", replica_log("Generator"))
+    ingress = replica_log("Ingress")
+    assert f"storage: local (LocalStore(root='{outputs_dir}')); auth: off (ACESTEP_API_KEYS unset)" in ingress
+
+
 def test_python_handle_api(base_url):
     from ray import serve
 

@@ -44,9 +44,20 @@ OUTPUT_RESPONSES = {
 }
 
 
+def api_keys() -> list[str]:
+    """The accepted bearer keys: ``ACESTEP_API_KEYS``, comma-separated; none means auth is off."""
+    return [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
+
+
+def auth_mode() -> str:
+    """How requests are authenticated, for the start-up log (never the keys themselves)."""
+    keys = api_keys()
+    return f"bearer keys ({len(keys)} from {API_KEYS_ENV})" if keys else f"off ({API_KEYS_ENV} unset)"
+
+
 def require_api_key(request: Request) -> None:
     """Bearer-token auth, on when ``ACESTEP_API_KEYS`` (comma-separated) is set."""
-    keys = [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
+    keys = api_keys()
     if not keys:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")

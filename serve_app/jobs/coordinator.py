@@ -220,6 +220,11 @@ class JobCoordinator:
                 # The earlier coordinator stopped between the final record and its follow-up.
                 job.follow_up = self._in_background(self._after_finish(job))
             elif job.status.attempts >= self.config.max_attempts:
+                logger.warning(
+                    "job %s not resumed: interrupted by restarts in all %d attempts",
+                    job.status.job_id,
+                    job.status.attempts,
+                )
                 await self._finish(
                     job,
                     "failed",
@@ -229,6 +234,12 @@ class JobCoordinator:
                     ),
                 )
             else:
+                logger.info(
+                    "job %s resumed after a restart: attempt %d of %d",
+                    job.status.job_id,
+                    job.status.attempts + 1,
+                    self.config.max_attempts,
+                )
                 self._restart_progress(job)
                 self._enqueue(job)
         return len(resumed)
@@ -269,7 +280,13 @@ class JobCoordinator:
                         await asyncio.sleep(backoff)
                         backoff = min(2 * backoff, self.config.max_busy_backoff_s)
                     elif self._is_replica_lost(exc) and job.status.attempts < self.config.max_attempts:
-                        logger.warning("job %s lost its generator replica (%s); retrying", job.status.job_id, exc)
+                        logger.warning(
+                            "job %s lost its generator replica (%s): retrying, attempt %d of %d",
+                            job.status.job_id,
+                            exc,
+                            job.status.attempts + 1,
+                            self.config.max_attempts,
+                        )
                         self._restart_progress(job)
                     else:
                         await self._finish(job, "failed", error=self._describe(exc))
