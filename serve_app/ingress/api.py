@@ -39,6 +39,7 @@ from .api_docs import (
     tidy_schema,
 )
 from .frontend import Frontend
+from .playground import install_playground
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def create_app(frontend: Frontend) -> FastAPI:
     app.state.frontend = frontend
     _install_error_handlers(app, frontend)
     install_docs(app, TITLE)
+    install_playground(app)
     authed = [Depends(require_api_key)]
     if api_keys():  # documents the scheme (and Swagger UI's Authorize button) only when keys are on
         authed.append(Security(HTTPBearer(auto_error=False, description=f"A key of {API_KEYS_ENV}.")))
