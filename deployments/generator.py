@@ -1,7 +1,6 @@
 """The GPU deployment: one pipeline per served model, batched generation.
 
-Thin: ``GenerationEngine`` holds the logic. Resource and scaling options here
-are defaults; ``serve_config.yaml`` may override them per deployment.
+Thin: ``GenerationEngine`` holds the logic.
 """
 
 from __future__ import annotations
@@ -9,41 +8,25 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from ray import serve
-
 from serve_app.config import AppConfig
+from serve_app.error_logging import log_client_errors_at_info
 from serve_app.generation.engine import EngineConfig, GenerationEngine
 from serve_app.metrics import ServeMetrics
 from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.progress import Progress
 from serve_app.schemas import GenerateResponse, GenerationPlan
 
+from .cluster import make_store
 from .replica_logs import route_app_logs_to_serve
 
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(
-    ray_actor_options={"num_gpus": 1, "num_cpus": 2},
-    autoscaling_config={
-        "min_replicas": 1,
-        "max_replicas": 4,
-        "target_ongoing_requests": 8,
-        "upscale_delay_s": 30,
-        "downscale_delay_s": 600,
-    },
-    # Enough requests inside the replica to fill batches; the rest wait at the
-    # caller, and past max_queued_requests callers get 503 + Retry-After.
-    max_ongoing_requests=32,
-    max_queued_requests=256,
-    health_check_period_s=10,
-    health_check_timeout_s=30,
-    # A batch of long songs can take minutes: let it finish on scale-down.
-    graceful_shutdown_timeout_s=300,
-)
+# Deployment options (GPUs, replicas, queues) are in deployments/app.py.
 class Generator:
     def __init__(self, config: dict) -> None:
         route_app_logs_to_serve()
+        log_client_errors_at_info(logger)
         self.config = AppConfig.model_validate(config)
         device = self.config.resolved_device()
         pipelines = {
@@ -59,7 +42,7 @@ class Generator:
                     pipeline.model(bf16=variant == "bf16")
         self.engine = GenerationEngine(
             pipelines,
-            self.config.make_store(),
+            make_store(self.config),
             EngineConfig(
                 max_batch_size=self.config.max_batch_size,
                 max_batch_audio_s=self.config.max_batch_audio_s,
@@ -68,6 +51,7 @@ class Generator:
             ),
             metrics=ServeMetrics(),
         )
+        self.engine.check_store()
 
     async def generate(self, plan: GenerationPlan) -> GenerateResponse:
         return await self.engine.generate(plan)
@@ -79,3 +63,8 @@ class Generator:
 
     def check_health(self) -> None:
         self.engine.check_health()
+
+    async def __del__(self) -> None:
+        # Serve calls this on shutdown once the replica's requests drained (graceful_shutdown_timeout_s).
+        if hasattr(self, "engine"):  # not when the constructor failed
+            await self.engine.close()

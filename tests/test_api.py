@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorDiedError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.ingress import ServeGeneratorClient
 from serve_app.audio import content_type, encode_audio
 from serve_app.errors import InvalidRequest, Unavailable
-from serve_app.ingress.api import API_KEYS_ENV, create_app
+from serve_app.ingress.api import create_app
+from serve_app.ingress.auth import API_KEYS_ENV, ApiKeys, AuthConfigError
 from serve_app.ingress.frontend import Frontend
 from serve_app.ingress.planner import Planner
 from serve_app.ingress.presets import PresetBook
@@ -20,25 +23,51 @@ from serve_app.storage import LocalStore, write_output
 from .conftest import TEST_MODEL
 
 
-class RaisingHandle:
-    """A generator handle whose call fails with ``error``, as a Serve handle would."""
+class FakeResponse:
+    """A handle call's response: taken by a replica (unless ``never_accepted``), then ``outcome``
+    (returned, or raised if an exception). A full queue fails at acceptance, as in Serve."""
+
+    def __init__(self, outcome: object, never_accepted: bool = False) -> None:
+        self.outcome = outcome
+        self.never_accepted = never_accepted
+        self.cancelled = False
+
+    async def _to_object_ref(self) -> None:
+        if self.never_accepted:
+            await asyncio.Event().wait()
+        if isinstance(self.outcome, BackPressureError):
+            raise self.outcome
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __await__(self):
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+        yield  # a generator, so awaiting works
+
+
+class FakeHandle:
+    """A generator handle whose calls have ``outcomes`` in turn (the last one repeats)."""
 
     deployment_name = "Generator"
 
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+    def __init__(self, *outcomes: object, never_accepted: bool = False) -> None:
+        self.outcomes = list(outcomes)
+        self.never_accepted = never_accepted
+        self.responses: list[FakeResponse] = []
         self.generate = self
 
     def remote(self, plan):
-        async def fail():
-            raise self.error
-
-        return fail()
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        self.responses.append(FakeResponse(outcome, self.never_accepted))
+        return self.responses[-1]
 
 
 def client_for(error: BaseException, tmp_path) -> TestClient:
     planner = Planner(PresetBook.load(), served_models=[TEST_MODEL], default_model=TEST_MODEL)
-    generator = ServeGeneratorClient(RaisingHandle(error), app_name="acestep")
+    generator = ServeGeneratorClient(FakeHandle(error), app_name="acestep", accept_timeout_s=5)
     return TestClient(create_app(Frontend(planner, generator, LocalStore(tmp_path))), raise_server_exceptions=False)
 
 
@@ -68,6 +97,29 @@ def test_an_unexpected_failure_is_a_500_without_internals(tmp_path):
     }
 
 
+def test_a_request_whose_replica_is_lost_is_sent_once_more():
+    handle = FakeHandle(ActorDiedError(), "the response")
+    generator = ServeGeneratorClient(handle, app_name="acestep", accept_timeout_s=5)
+    assert asyncio.run(generator.generate(plan=None)) == "the response"
+    assert len(handle.responses) == 2
+
+
+def test_a_second_lost_replica_is_a_503_that_says_so(tmp_path):
+    client = client_for(ActorDiedError(), tmp_path)
+    response = post(client)
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert "replica handling the request was lost" in response.json()["error"]["message"]
+    assert len(client.app.state.frontend.generator.handle.responses) == 2
+
+
+def test_a_request_no_replica_takes_is_withdrawn_with_a_503_after_the_wait():
+    handle = FakeHandle("unused", never_accepted=True)
+    generator = ServeGeneratorClient(handle, app_name="acestep", accept_timeout_s=0.05)
+    with pytest.raises(Unavailable, match="no generator replica is available"):
+        asyncio.run(generator.generate(plan=None))
+    assert [response.cancelled for response in handle.responses] == [True]
+
+
 def test_service_errors_survive_pickling():
     import pickle
 
@@ -81,6 +133,20 @@ def test_api_keys_when_configured(tmp_path, monkeypatch):
     assert client.get("/presets").status_code == 401
     assert client.get("/presets", headers={"Authorization": "Bearer nope"}).status_code == 401
     assert client.get("/presets", headers={"Authorization": "Bearer k2"}).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["", " ", ",", " , ", "k1,,k2", "k1, ,k2", "k1,", "two words", "k1,k\u00e92"])
+def test_an_empty_or_malformed_key_list_refuses_to_start(tmp_path, monkeypatch, value):
+    monkeypatch.setenv(API_KEYS_ENV, value)
+    with pytest.raises(AuthConfigError, match=API_KEYS_ENV) as caught:
+        client_for(RuntimeError("unused"), tmp_path)
+    assert "k1" not in str(caught.value) and "k2" not in str(caught.value)  # no secrets in the log
+
+
+def test_the_start_up_log_says_whether_auth_is_on_and_with_how_many_keys():
+    assert ApiKeys.from_env({}).summary().startswith("API authentication is OFF")
+    keys = ApiKeys.from_env({API_KEYS_ENV: " k1 ,k2,abc.DEF-123_~+/=="})
+    assert keys.keys == ("k1", "k2", "abc.DEF-123_~+/==") and "on: 3 key(s)" in keys.summary()
 
 
 @pytest.mark.parametrize("body", [[], "text", {"prompt": None}])
@@ -116,7 +182,7 @@ def stored_wav(tmp_path):
     key = "2026-12-01/abc/42.wav"
     write_output(store, key, data, content_type("wav"), {"params": {"actual_seeds": [42]}})
     planner = Planner(PresetBook.load(), served_models=[TEST_MODEL], default_model=TEST_MODEL)
-    generator = ServeGeneratorClient(RaisingHandle(RuntimeError("unused")), app_name="acestep")
+    generator = ServeGeneratorClient(FakeHandle(RuntimeError("unused")), app_name="acestep", accept_timeout_s=5)
     client = TestClient(create_app(Frontend(planner, generator, store)), raise_server_exceptions=False)
     return client, store, key, data
 
@@ -159,9 +225,41 @@ def test_head_gives_the_length_without_a_body(stored_wav):
     assert client.head("/outputs/2026-12-01/abc/missing.wav").status_code == 404
 
 
-def test_outputs_need_the_key_when_auth_is_on(stored_wav, monkeypatch):
-    client, _, key, _ = stored_wav
-    monkeypatch.setenv(API_KEYS_ENV, "k1")
+def test_outputs_need_the_key_when_auth_is_on(stored_wav):
+    open_client, _, key, _ = stored_wav
+    client = TestClient(create_app(open_client.app.state.frontend, ApiKeys.from_env({API_KEYS_ENV: "k1"})))
     assert client.get(f"/outputs/{key}").status_code == 401
     assert client.head(f"/outputs/{key}").status_code == 401
     assert client.get(f"/outputs/{key}", headers={"Authorization": "Bearer k1"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "method, path, status, kind",
+    [("get", "/no/such/route", 404, "not_found"), ("delete", "/generate", 405, "method_not_allowed")],
+)
+def test_routing_errors_have_the_documented_error_shape(tmp_path, method, path, status, kind):
+    response = getattr(client_for(RuntimeError("unused"), tmp_path), method)(path)
+    assert response.status_code == status
+    assert response.json()["error"]["type"] == kind and "detail" not in response.json()
+
+
+def test_client_errors_are_logged_at_info_without_a_traceback_and_faults_stay_errors(caplog):
+    import logging
+
+    from serve_app.error_logging import log_client_errors_at_info
+    from serve_app.jobs import JobConflict, JobNotFound
+
+    logger = logging.getLogger("test.serve.replica")
+    log_client_errors_at_info(logger)
+    log_client_errors_at_info(logger)  # installing twice filters once
+    assert len(logger.filters) == 1
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        for error in (JobNotFound(), JobConflict("job x is already succeeded"), InvalidRequest("bad"), RuntimeError()):
+            try:
+                raise error
+            except Exception:
+                logger.exception("Request failed.")
+    client, *_, fault = caplog.records
+    assert [record.levelname for record in caplog.records] == ["INFO", "INFO", "INFO", "ERROR"]
+    assert client.getMessage() == "client error 404 not_found: no job with this id" and client.exc_info is None
+    assert fault.exc_info is not None and "Traceback" in caplog.text.split("client error 422")[-1]

@@ -7,7 +7,8 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.ingress.api import API_KEYS_ENV, create_app
+from serve_app.ingress.api import create_app
+from serve_app.ingress.auth import API_KEYS_ENV
 from serve_app.ingress.frontend import Frontend
 from serve_app.ingress.planner import Planner
 from serve_app.ingress.presets import PresetBook

@@ -165,7 +165,8 @@ def locked_server(monkeypatch, tmp_path):
     """The ingress's HTTP app alone, in this process, with API keys on: enough to drive the key flow."""
     import uvicorn
 
-    from serve_app.ingress.api import API_KEYS_ENV, create_app
+    from serve_app.ingress.api import create_app
+    from serve_app.ingress.auth import API_KEYS_ENV
     from serve_app.ingress.frontend import Frontend
     from serve_app.ingress.planner import Planner
     from serve_app.ingress.presets import PresetBook

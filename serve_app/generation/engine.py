@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,13 +20,14 @@ from datetime import UTC, datetime
 import torch
 
 from ..audio import content_type, encode_audio, file_extension, resample
-from ..errors import GenerationFailed, Unavailable
+from ..errors import GenerationFailed, StorageMisconfigured, Unavailable
+from ..ingress.output_names import split_output_name
 from ..metrics import NullMetrics
 from ..pipeline.music_pipeline import BatchOutput, ItemOutput, MusicPipeline
 from ..pipeline.settings import BatchSettings, ItemSettings
 from ..progress import GenerationCancelled, Progress, ProgressSink, Stage
 from ..schemas import GenerateResponse, GenerationPlan, ItemFailure, OutputFile
-from ..storage import ObjectStore, StorageError, build_output_key, write_output
+from ..storage import ObjectStore, StorageConfigError, StorageError, build_output_key, sidecar_key, write_output
 from .batching import BatchInfo, KeyedBatcher
 
 logger = logging.getLogger(__name__)
@@ -88,16 +89,26 @@ class GenerationEngine:
         store: ObjectStore,
         config: EngineConfig | None = None,
         metrics: NullMetrics | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``clock`` and ``sleep`` time the batch wait (tests pass a fake clock)."""
         self.pipelines = dict(pipelines)
         self.store = store
         self.config = config or EngineConfig()
         self.metrics = metrics or NullMetrics()
         self._batcher: KeyedBatcher[BatchSettings, _Work, _Generated] = KeyedBatcher(
-            self._run_batch, max_batch_size=self.batch_cap, max_wait_s=self.config.batch_wait_s
+            self._run_batch,
+            max_batch_size=self.batch_cap,
+            max_wait_s=self.config.batch_wait_s,
+            clock=clock,
+            sleep=sleep,
         )
         self._gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")
         self._io = ThreadPoolExecutor(self.config.io_workers, thread_name_prefix="encode-upload")
+        self._io_pending: set[asyncio.Future] = set()
+        """Writes and removals on the I/O pool that no request waits for any more; ``drain`` waits for them."""
         self._device_error: str | None = None
 
     def batch_cap(self, settings: BatchSettings) -> int:
@@ -111,6 +122,7 @@ class GenerationEngine:
         settings = plan.params.batch_settings()
         if settings.model not in self.pipelines:
             raise Unavailable(f"model {settings.model!r} is not served by this replica")
+        await self._refuse_if_store_misconfigured()
         works = [
             _Work(plan.request_id, index, item, settings.total_steps, progress)
             for index, item in enumerate(plan.params.items())
@@ -126,6 +138,32 @@ class GenerationEngine:
                 work.cancelled = True
             raise
         return await self._respond(plan, works, results, time.perf_counter() - started)
+
+    def check_store(self) -> None:
+        """Reach the store once (at start-up) and log what an operator must know; never raises."""
+        try:
+            self.store.check()
+        except StorageConfigError as exc:
+            logger.error(
+                "object storage is misconfigured, requests fail until it is fixed: %s (%s)", exc.public_message, exc
+            )
+        except StorageError as exc:
+            logger.warning("object storage is unavailable at start-up (requests get 503 until it returns): %s", exc)
+
+    async def _refuse_if_store_misconfigured(self) -> None:
+        """While the store's configuration is known to be wrong, refuse before any GPU work.
+
+        The store is asked again first (one cheap request), so fixing it behind
+        our back (creating the bucket, granting a permission) is noticed at once.
+        """
+        if self.store.config_error is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._io, self.store.check)
+        except StorageConfigError as exc:
+            raise StorageMisconfigured.because(exc.public_message) from None
+        except StorageError:
+            pass  # an outage is answered where it bites, with a 503 to retry
 
     async def events(self, plan: GenerationPlan) -> AsyncIterator[list[Progress] | GenerateResponse]:
         """``generate`` as a stream: progress as it happens, then the response.
@@ -174,6 +212,7 @@ class GenerationEngine:
             written = await asyncio.shield(write)
         except asyncio.CancelledError:
             # The request was abandoned while its files were being written: remove them once they land.
+            self._track(write)
             write.add_done_callback(self._discard_abandoned)
             raise
         work.report("done", work.total_steps)
@@ -221,12 +260,15 @@ class GenerationEngine:
         data = encode_audio(waveform, spec.sample_rate, spec.format, mp3_bitrate_kbps=spec.mp3_bitrate_kbps)
         timings["encode_s"] = time.perf_counter() - started
 
+        ext = file_extension(spec.format)
+        folders, stem = split_output_name(spec.name, ext) if spec.name is not None else ([], None)
         key = build_output_key(
             self.config.output_prefix,
             plan.request_id,
             output.seed,
-            file_extension(spec.format),
-            name=spec.name,
+            ext,
+            folders=folders,
+            stem=stem,
             when=datetime.now(UTC),
         )
         file = OutputFile(
@@ -237,7 +279,7 @@ class GenerationEngine:
             sample_rate=spec.sample_rate,
             duration=plan.params.audio_duration,
             batch_size=batch.size,
-            sidecar_key=f"{key}.json",
+            sidecar_key=sidecar_key(key),
         )
         sidecar = {
             "request_id": plan.request_id,
@@ -252,6 +294,10 @@ class GenerationEngine:
         try:
             write_output(self.store, key, data, content_type(spec.format), sidecar)
             url = self.store.url(key)
+        except StorageConfigError as exc:
+            logger.error("request %s: storing %s failed: %s", plan.request_id, key, exc)
+            self.metrics.storage_op("write_output", time.perf_counter() - started, ok=False)
+            raise StorageMisconfigured.because(exc.public_message) from None
         except StorageError as exc:
             # The details name endpoints and buckets: for the log, not the client.
             logger.error("request %s: storing %s failed: %s", plan.request_id, key, exc)
@@ -292,9 +338,13 @@ class GenerationEngine:
             failures=[ItemFailure(seed=error.seed, message=error.reason) for error in failures],
         )
 
+    def _track(self, work: asyncio.Future) -> None:
+        self._io_pending.add(work)
+        work.add_done_callback(self._io_pending.discard)
+
     def _discard_abandoned(self, write: asyncio.Future) -> None:
         if not write.cancelled() and write.exception() is None:
-            self._io.submit(self._discard, [write.result()])
+            self._track(asyncio.get_running_loop().run_in_executor(self._io, self._discard, [write.result()]))
 
     def _discard(self, written: list[_Written]) -> None:
         # Audio first: an audio object never outlives its sidecar (see write_output).
@@ -316,9 +366,21 @@ class GenerationEngine:
         if self._device_error is not None:
             raise RuntimeError(f"the device failed and needs a new process: {self._device_error}")
 
-    def close(self) -> None:
+    async def drain(self) -> None:
+        """Wait until the writes and removals of abandoned requests have landed."""
+        while self._io_pending:
+            # A write that lands schedules its removal before this wait returns, so loop until none is left.
+            await asyncio.gather(*self._io_pending, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop batching (queued items are cancelled), let pending writes and removals land, free the pools.
+
+        The deployment calls this on shutdown, after Serve drained its requests.
+        """
+        await self._batcher.close()
+        await self.drain()
         self._gpu.shutdown(wait=False, cancel_futures=True)
-        self._io.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=True)
 
 
 def resolved_params(plan: GenerationPlan) -> dict:

@@ -7,9 +7,7 @@ an in-process frontend.
 
 from __future__ import annotations
 
-import hmac
 import logging
-import os
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -17,6 +15,7 @@ from fastapi import Body, Depends, FastAPI, Path, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException
 
 from ..errors import InvalidRequest, ServiceError, Unauthorized
 from ..jobs import JobAccepted, JobRequest, JobStatus
@@ -38,38 +37,26 @@ from .api_docs import (
     request_examples,
     tidy_schema,
 )
+from .auth import API_KEYS_ENV, ApiKeys
 from .frontend import Frontend
 from .playground import install_playground
 
 logger = logging.getLogger(__name__)
 
-API_KEYS_ENV = "ACESTEP_API_KEYS"
+# Errors the routing layer raises itself (no route, wrong method, an unreadable body), by status.
+HTTP_ERROR_TYPES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
 TITLE = "ACE-Step music generation"
 JobId = Annotated[str, Path(description="The job's id, from POST /jobs.")]
 
 
-def api_keys() -> list[str]:
-    """The accepted bearer keys: ``ACESTEP_API_KEYS``, comma-separated; none means auth is off."""
-    return [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
+def create_app(frontend: Frontend, api_keys: ApiKeys | None = None) -> FastAPI:
+    """``api_keys`` defaults to ``ACESTEP_API_KEYS``; a malformed value raises ``AuthConfigError``."""
+    api_keys = ApiKeys.from_env() if api_keys is None else api_keys
 
+    def require_api_key(request: Request) -> None:
+        if not api_keys.allows(request.headers.get("authorization", "")):
+            raise Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
 
-def auth_mode() -> str:
-    """How requests are authenticated, for the start-up log (never the keys themselves)."""
-    keys = api_keys()
-    return f"bearer keys ({len(keys)} from {API_KEYS_ENV})" if keys else f"off ({API_KEYS_ENV} unset)"
-
-
-def require_api_key(request: Request) -> None:
-    """Bearer-token auth, on when ``ACESTEP_API_KEYS`` (comma-separated) is set."""
-    keys = api_keys()
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys):
-        raise Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
-
-
-def create_app(frontend: Frontend) -> FastAPI:
     app = FastAPI(
         title=TITLE,
         description="Text and lyrics to music with ACE-Step, batched on GPUs, outputs in object storage. "
@@ -83,7 +70,7 @@ def create_app(frontend: Frontend) -> FastAPI:
     install_docs(app, TITLE)
     install_playground(app)
     authed = [Depends(require_api_key)]
-    if api_keys():  # documents the scheme (and Swagger UI's Authorize button) only when keys are on
+    if api_keys.enabled:  # documents the scheme (and Swagger UI's Authorize button) only when keys are on
         authed.append(Security(HTTPBearer(auto_error=False, description=f"A key of {API_KEYS_ENV}.")))
     presets = frontend.presets()
 
@@ -237,6 +224,12 @@ def _install_error_handlers(app: FastAPI, frontend: Frontend) -> None:
         retry_after = getattr(exc, "retry_after_s", None)
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         return JSONResponse(exc.body().model_dump(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def routing_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # The documented {"error": ...} shape, not the framework's {"detail": ...}.
+        error = ErrorBody(type=HTTP_ERROR_TYPES.get(exc.status_code, "http_error"), message=str(exc.detail))
+        return JSONResponse(ErrorResponse(error=error).model_dump(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

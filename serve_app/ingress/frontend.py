@@ -21,7 +21,15 @@ from ..jobs import JobRecords, JobRequest, JobStatus
 from ..metrics import NullMetrics
 from ..pipeline.registry import CATALOG
 from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
-from ..storage import SIDECAR_SUFFIX, LocalStore, ObjectNotFoundError, ObjectStore, StorageError, sidecar_key
+from ..storage import (
+    LocalStore,
+    ObjectNotFoundError,
+    ObjectStore,
+    StorageConfigError,
+    StorageError,
+    sidecar_key,
+)
+from ..storage.keys import SIDECAR_SUFFIX
 from .planner import Planner, PlanningError
 
 JOB_EVENTS_KEEPALIVE_S = 15.0
@@ -129,13 +137,19 @@ class Frontend:
 
     async def health(self) -> dict[str, Any]:
         generator_ready = await self.generator.ready()
+        problem = None
         try:
             await asyncio.to_thread(self.store.check)
             storage = "ok"
+        except StorageConfigError as exc:
+            storage, problem = "misconfigured", exc.public_message
         except StorageError:
             storage = "unavailable"
         status = "ok" if generator_ready and storage == "ok" else "unavailable"
-        return {"status": status, "generator": "ready" if generator_ready else "not ready", "storage": storage}
+        health = {"status": status, "generator": "ready" if generator_ready else "not ready", "storage": storage}
+        if problem is not None:
+            health["storage_problem"] = problem
+        return health
 
     async def output_file(self, key: str) -> tuple[Path, str]:
         """The local file of an output and its content type (the one its sidecar records)."""

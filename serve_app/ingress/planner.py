@@ -27,7 +27,7 @@ from ..pipeline.settings import (
     uses_double_guidance,
 )
 from ..schemas import GenerateRequest, GenerationPlan, Output, ParamWarning
-from ..storage import split_output_name, validate_output_name
+from .output_names import split_output_name, validate_output_name
 from .presets import Preset, PresetBook
 
 DEFAULT_FORMAT = "wav"

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from ..errors import Conflict, ServiceError, Unavailable
+from ..errors import Conflict, ServiceError, StorageMisconfigured, Unavailable
 from ..progress import GenerationCancelled, Progress
 from ..schemas import GenerateResponse, GenerationPlan
-from ..storage import StorageError
+from ..storage import StorageConfigError, StorageError
 from .models import ItemProgress, JobError, JobProgress, JobRecord, JobStatus, WebhookDelivery
 from .records import JobNotFound, JobRecords
 from .webhooks import WebhookSender
@@ -132,6 +132,9 @@ class JobCoordinator:
         self._tail_s: float | None = None
         """Measured seconds from a job's last diffusion step to its result (decode, encode, upload)."""
         self._background: set[asyncio.Task] = set()
+        """Follow-ups (final record, webhook, marker): ``close`` cancels them, a restarted coordinator redoes them."""
+        self._writes: set[asyncio.Task] = set()
+        """Progress records being written: ``close`` lets them land, so the store holds the last state seen."""
 
     # ------------------------------------------------------------------ public
 
@@ -152,6 +155,8 @@ class JobCoordinator:
         except StorageError as exc:
             logger.error("job %s could not be recorded: %s", job_id, exc)
             await asyncio.to_thread(self._clear_marker_quietly, job_id)
+            if isinstance(exc, StorageConfigError):
+                raise StorageMisconfigured.because(exc.public_message) from None
             raise Unavailable("the job store is unavailable; the job was not accepted, retry later") from None
         job.persisted_at = self._clock()
         self._enqueue(job)
@@ -245,11 +250,13 @@ class JobCoordinator:
         return len(resumed)
 
     async def close(self) -> None:
+        """Stop: running jobs and follow-ups are cancelled (the next coordinator resumes them from
+        the store), record writes already under way land first."""
         running = [job.task for job in self._jobs.values() if job.task is not None]
         tasks = [task for task in (*running, *self._background) if not task.done()]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._writes, return_exceptions=True)
 
     # --------------------------------------------------------------- running
 
@@ -288,6 +295,9 @@ class JobCoordinator:
                             self.config.max_attempts,
                         )
                         self._restart_progress(job)
+                    elif self._is_replica_lost(exc):
+                        message = f"the generator replica running the job was lost {job.status.attempts} times"
+                        await self._finish(job, "failed", error=JobError(type="replica_lost", message=message))
                     else:
                         await self._finish(job, "failed", error=self._describe(exc))
                     continue
@@ -343,12 +353,13 @@ class JobCoordinator:
         job.touch()
         if became_running or self._clock() - job.persisted_at >= self.config.persist_interval_s:
             job.persisted_at = self._clock()
-            self._in_background(self._persist(job))
+            self._in_background(self._persist(job), self._writes)
 
-    def _in_background(self, work) -> asyncio.Task:
+    def _in_background(self, work, tasks: set[asyncio.Task] | None = None) -> asyncio.Task:
+        tasks = self._background if tasks is None else tasks
         task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._background.discard)
+        tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(tasks.discard)
         return task
 
     # --------------------------------------------------------------- finishing
