@@ -19,6 +19,7 @@ from serve_app.schemas import GenerateResponse, GenerationPlan
 from serve_app.storage.watch import StorageWatch
 
 from .cluster import make_store
+from .replica_logs import route_app_logs_to_serve
 
 logger = logging.getLogger("ray.serve")
 
@@ -26,6 +27,7 @@ logger = logging.getLogger("ray.serve")
 # Deployment options (GPUs, replicas, queues) are in deployments/app.py.
 class Generator:
     def __init__(self, config: dict) -> None:
+        route_app_logs_to_serve()
         log_client_errors_at_info(logger)
         self.config = AppConfig.model_validate(config)
         device = self.config.resolved_device()

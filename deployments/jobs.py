@@ -33,6 +33,7 @@ from serve_app.storage.watch import StorageWatch
 
 from .calls import AcceptedStream, is_busy, is_replica_lost
 from .cluster import make_store
+from .replica_logs import route_app_logs_to_serve
 
 logger = logging.getLogger("ray.serve")
 
@@ -40,6 +41,7 @@ logger = logging.getLogger("ray.serve")
 # Deployment options (one replica, queue size) are in deployments/app.py.
 class JobCoordinatorDeployment:
     async def __init__(self, generator: DeploymentHandle, config: dict) -> None:
+        route_app_logs_to_serve()
         log_client_errors_at_info(logger)
         settings = AppConfig.model_validate(config)
         self._generator = generator.options(stream=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 
 import pytest
@@ -237,7 +238,7 @@ def test_cancelling_a_finished_job_is_a_conflict_and_cancelling_twice_is_idempot
     assert asyncio.run(scenario()).status == "cancelled"
 
 
-def test_a_lost_replica_is_retried_once_then_the_job_fails_with_the_reason(store):
+def test_a_lost_replica_is_retried_once_then_the_job_fails_with_the_reason(store, caplog):
     async def scenario():
         generator = ScriptedGenerator()
         jobs, _ = coordinator(store, generator)
@@ -250,8 +251,12 @@ def test_a_lost_replica_is_retried_once_then_the_job_fails_with_the_reason(store
         await jobs.close()
         return results
 
+    caplog.set_level(logging.INFO, logger="serve_app.jobs")
     retried, failed = asyncio.run(scenario())
     assert retried.status == "succeeded" and retried.attempts == 2
+    assert (
+        f"job {retried.job_id} lost its generator replica (replica died): retrying, attempt 2 of 2" in caplog.messages
+    )
     assert failed.status == "failed" and failed.attempts == 2
     assert failed.error.type == "replica_lost" and "lost 2 times" in failed.error.message
     assert "traceback" not in failed.error.message.lower()
@@ -285,7 +290,7 @@ def test_unknown_and_malformed_job_ids_are_not_found(store):
     asyncio.run(scenario())
 
 
-def test_a_new_coordinator_reads_finished_jobs_and_resumes_unfinished_ones(store):
+def test_a_new_coordinator_reads_finished_jobs_and_resumes_unfinished_ones(store, caplog):
     async def scenario():
         first_generator = ScriptedGenerator(hold=True)
         first, _ = coordinator(store, first_generator)
@@ -308,8 +313,10 @@ def test_a_new_coordinator_reads_finished_jobs_and_resumes_unfinished_ones(store
         await second.close()
         return resumed, finished, unfinished, second_generator.started
 
+    caplog.set_level(logging.INFO, logger="serve_app.jobs")
     resumed, finished, unfinished, started = asyncio.run(scenario())
     assert resumed == 1
+    assert f"job {unfinished.job_id} resumed after a restart: attempt 2 of 2" in caplog.messages
     assert finished.status == "succeeded"
     assert unfinished.status == "succeeded" and unfinished.attempts == 2
     assert started == [unfinished.job_id]

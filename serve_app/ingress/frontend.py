@@ -9,8 +9,11 @@ output questions. Knows nothing about HTTP.
 from __future__ import annotations
 
 import asyncio
+import json
+import mimetypes
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import InvalidRequest, NotFound, ServiceError, Unavailable
@@ -19,7 +22,15 @@ from ..metrics import NullMetrics
 from ..pipeline.invalid_field import InvalidField
 from ..pipeline.registry import CATALOG
 from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
-from ..storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageConfigError, StorageError
+from ..storage import (
+    LocalStore,
+    ObjectNotFoundError,
+    ObjectStore,
+    StorageConfigError,
+    StorageError,
+    sidecar_key,
+)
+from ..storage.keys import SIDECAR_SUFFIX
 from .planner import Planner
 
 JOB_EVENTS_KEEPALIVE_S = 15.0
@@ -146,17 +157,29 @@ class Frontend:
             reason = exc.message if isinstance(exc, ServiceError) else "the job coordinator did not answer in time"
             return {"jobs": "unavailable", "jobs_problem": reason}
 
-    async def read_output(self, key: str) -> bytes:
+    async def output_file(self, key: str) -> tuple[Path, str]:
+        """The local file of an output and its content type (the one its sidecar records)."""
         if not isinstance(self.store, LocalStore):
             raise NotFound("outputs are in the object store; fetch them with the URL in the response")
         if self._is_job_key(key):
             raise NotFound(f"no output at {key!r}")
         try:
-            return await asyncio.to_thread(self.store.get, key)
+            path = await asyncio.to_thread(self.store.file, key)
         except (ObjectNotFoundError, ValueError):
             raise NotFound(f"no output at {key!r}") from None
         except StorageError:
             raise Unavailable("the output store is unavailable; retry later") from None
+        return path, await asyncio.to_thread(self._recorded_content_type, key)
+
+    def _recorded_content_type(self, key: str) -> str:
+        guessed = mimetypes.guess_type(key)[0] or "application/octet-stream"
+        if key.endswith(SIDECAR_SUFFIX):
+            return guessed
+        try:
+            sidecar = json.loads(self.store.get(sidecar_key(key)))
+            return str(sidecar["object"]["content_type"])
+        except (StorageError, ValueError, TypeError, KeyError):
+            return guessed  # a file the service did not write: its extension is all there is
 
     # ------------------------------------------------------------------ jobs
 

@@ -312,6 +312,11 @@ class JobCoordinator:
                 # The earlier coordinator stopped between the final record and its follow-up.
                 job.follow_up = self._in_background(self._after_finish(job))
             elif job.status.attempts >= self.config.max_attempts:
+                logger.warning(
+                    "job %s not resumed: interrupted by restarts in all %d attempts",
+                    job.status.job_id,
+                    job.status.attempts,
+                )
                 await self._finish(
                     job,
                     "failed",
@@ -321,6 +326,12 @@ class JobCoordinator:
                     ),
                 )
             else:
+                logger.info(
+                    "job %s resumed after a restart: attempt %d of %d",
+                    job.status.job_id,
+                    job.status.attempts + 1,
+                    self.config.max_attempts,
+                )
                 self._restart_progress(job)
                 self._enqueue(job)
         return len(resumed)
@@ -363,7 +374,13 @@ class JobCoordinator:
                         await asyncio.sleep(backoff)
                         backoff = min(2 * backoff, self.config.max_busy_backoff_s)
                     elif self._is_replica_lost(exc) and job.status.attempts < self.config.max_attempts:
-                        logger.warning("job %s lost its generator replica (%s); retrying", job.status.job_id, exc)
+                        logger.warning(
+                            "job %s lost its generator replica (%s): retrying, attempt %d of %d",
+                            job.status.job_id,
+                            exc,
+                            job.status.attempts + 1,
+                            self.config.max_attempts,
+                        )
                         self._restart_progress(job)
                     elif self._is_replica_lost(exc):
                         message = f"the generator replica running the job was lost {job.status.attempts} times"
