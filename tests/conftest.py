@@ -29,6 +29,26 @@ def models_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def pipeline(models_root):
+    """``TEST_MODEL`` loaded in float32 on the CPU, for in-process engine tests; modules that
+    need another model define their own ``pipeline``."""
+    from serve_app.pipeline.music_pipeline import MusicPipeline
+
+    pipeline = MusicPipeline(TEST_MODEL, "cpu", models_root=models_root)
+    pipeline.model(bf16=False)
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def planner():
+    """A planner serving ``TEST_MODEL`` with the shipped presets."""
+    from serve_app.ingress.planner import Planner
+    from serve_app.ingress.presets import PresetBook
+
+    return Planner(PresetBook.load(), served_models=[TEST_MODEL], default_model=TEST_MODEL)
+
+
 # ----------------------------------------------------------------- S3 server
 
 

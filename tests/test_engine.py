@@ -19,7 +19,6 @@ import soundfile as sf
 from serve_app.errors import Unavailable
 from serve_app.generation.engine import EngineConfig, GenerationEngine
 from serve_app.ingress.planner import Planner
-from serve_app.ingress.presets import PresetBook
 from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.progress import Progress
 from serve_app.schemas import GenerateRequest, GenerationPlan
@@ -29,18 +28,6 @@ from .conftest import TEST_MODEL
 from .fake_clock import FakeClock, settled
 
 FAST = {"model": TEST_MODEL, "infer_step": 3, "audio_duration": 1.0, "bf16": False}
-
-
-@pytest.fixture(scope="module")
-def pipeline(models_root):
-    pipeline = MusicPipeline(TEST_MODEL, "cpu", models_root=models_root)
-    pipeline.model(bf16=False)
-    return pipeline
-
-
-@pytest.fixture(scope="module")
-def planner():
-    return Planner(PresetBook.load(), served_models=[TEST_MODEL], default_model=TEST_MODEL)
 
 
 @pytest.fixture

@@ -14,8 +14,6 @@ import pytest
 from serve_app.errors import Unavailable
 from serve_app.generation.engine import EngineConfig, GenerationEngine
 from serve_app.ingress.planner import Planner
-from serve_app.ingress.presets import PresetBook
-from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.schemas import GenerateRequest
 from serve_app.storage import LocalStore, MinioStore
 from serve_app.storage.janitor import Janitor, PendingUploads
@@ -24,18 +22,6 @@ from .conftest import TEST_MODEL
 
 ABANDONED_AFTER = timedelta(hours=1)
 SEEDS = [11, 12, 13, 14]
-
-
-@pytest.fixture(scope="module")
-def pipeline(models_root):
-    pipeline = MusicPipeline(TEST_MODEL, "cpu", models_root=models_root)
-    pipeline.model(bf16=False)
-    return pipeline
-
-
-@pytest.fixture(scope="module")
-def planner():
-    return Planner(PresetBook.load(), served_models=[TEST_MODEL], default_model=TEST_MODEL)
 
 
 class KillAfterPuts:
