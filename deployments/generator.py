@@ -62,6 +62,7 @@ class Generator:
                 max_batch_audio_s=self.config.max_batch_audio_s,
                 batch_wait_s=self.config.batch_wait_s,
                 output_prefix=self.config.output_prefix,
+                max_source_bytes=self.config.max_source_bytes,
             ),
             metrics=ServeMetrics(),
         )

@@ -17,6 +17,7 @@ from .pipeline.settings import (
     MAX_SEEDS_PER_REQUEST,
     CfgType,
     DoubleGuidanceScale,
+    EditAverages,
     GenerationParams,
     GuidanceScale,
     InferStep,
@@ -25,8 +26,11 @@ from .pipeline.settings import (
     OssStep,
     SchedulerType,
     Seed,
+    SourceRef,
+    TimeInSeconds,
     UnitInterval,
 )
+from .pipeline.tasks import Task
 
 OutputSampleRate = Literal[48000, 44100, 32000, 24000, 22050, 16000]
 MAX_PROMPT_CHARS = 2000
@@ -39,6 +43,11 @@ LEGACY_FIELD_HINTS = {
     "checkpoint_path": "not accepted: the server chooses the weights; name a served model with `model` (GET /models)",
     "device_id": "not accepted: the server places work on its GPUs",
     "save_path": "not accepted: outputs go to the object store; use `output_name` to name the object",
+    "src_audio_path": "not accepted: source audio never comes from a server path; "
+    'pass `source: {"key": ...}` with an output key or an upload\'s key (POST /uploads)',
+    "ref_audio_input": "not accepted: source audio never comes from a server path; "
+    'use `task: audio2audio` with `source: {"key": ...}` (an output key or POST /uploads)',
+    "audio2audio_enable": 'use `task: audio2audio` with `source: {"key": ...}`',
 }
 
 
@@ -110,6 +119,33 @@ class GenerateRequest(BaseModel):
     bf16: bool | None = None
     torch_compile: bool | None = None
 
+    task: Task | None = Field(
+        default=None, description="text2music (default), retake, repaint, extend, edit, audio2audio."
+    )
+    source: SourceRef | None = Field(
+        default=None,
+        description="Source audio of repaint, extend, edit, audio2audio: an output key or an upload's key.",
+    )
+    retake_seeds: list[Seed] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SEEDS_PER_REQUEST,
+        description="Second noise of retake/repaint/extend (all of edit's noise), one per output; drawn when absent.",
+    )
+    retake_variance: UnitInterval | None = Field(default=None, description="How far retake/repaint/extend move away.")
+    repaint_start: TimeInSeconds | None = Field(
+        default=None, description="Seconds; negative extends before the source."
+    )
+    repaint_end: TimeInSeconds | None = Field(default=None, description="Seconds; past the source's end extends it.")
+    ref_audio_strength: UnitInterval | None = Field(
+        default=None, description="audio2audio: how much of the source stays."
+    )
+    edit_target_prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    edit_target_lyrics: str | None = Field(default=None, max_length=MAX_LYRICS_CHARS)
+    edit_n_min: UnitInterval | None = Field(default=None, description="edit: fraction of steps skipped at the start.")
+    edit_n_max: UnitInterval | None = Field(default=None, description="edit: fraction of steps after which it samples.")
+    edit_n_avg: EditAverages | None = None
+
     format: AudioFormat | None = None
     mp3_bitrate_kbps: int | None = Field(default=None, ge=32, le=320)
     sample_rate: OutputSampleRate | None = Field(default=None, description="Output sample rate (default 48000).")
@@ -137,6 +173,11 @@ class GenerateRequest(BaseModel):
         if isinstance(value, str):
             return _int_list(value)
         return value
+
+    @field_validator("retake_seeds", mode="before")
+    @classmethod
+    def _retake_seeds_from_int_or_string(cls, value: Any) -> Any:
+        return cls._seeds_from_int_or_string(value)
 
     @field_validator("oss_steps", mode="before")
     @classmethod

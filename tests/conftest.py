@@ -31,6 +31,7 @@ def models_root(tmp_path_factory):
 
 # ------------------------------------------------------------------ Ray Serve
 
+
 def free_port() -> int:
     """A port nothing listens on now, so parallel test sessions on one machine do not collide."""
     with socket.socket() as probe:

@@ -14,7 +14,8 @@ from serve_app.pipeline import acestep_v15 as family
 from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.pipeline.protocol import Branch, ErgFlags
 from serve_app.pipeline.registry import load_model
-from serve_app.pipeline.sampler import Sampler, initial_noise
+from serve_app.pipeline.sampler import Sampler
+from serve_app.pipeline.task_start import initial_noise
 from serve_app.schemas import GenerateRequest
 
 BASE = "acestep-v15-tiny"

@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from ..errors import InvalidRequest, ServiceError, Unauthorized
+from ..errors import InvalidRequest, PayloadTooLarge, ServiceError, Unauthorized
 from ..jobs import JobAccepted, JobRequest, JobStatus
 from ..schemas import (
     ErrorBody,
@@ -58,6 +59,15 @@ def create_app(frontend: Frontend) -> FastAPI:
     @app.post("/generate", response_model=GenerateResponse, responses=ERROR_RESPONSES, dependencies=authed)
     async def generate(body: GenerateRequest) -> GenerateResponse:
         return await frontend.generate(body)
+
+    @app.post(
+        "/uploads", status_code=201, responses=ERROR_RESPONSES | {413: {"model": ErrorResponse}}, dependencies=authed
+    )
+    async def upload(request: Request) -> dict:
+        """Source audio for the audio-in tasks: a raw body with an audio content type, or
+        multipart/form-data with one file part. Answers the key to pass as ``source``."""
+        data, content_type = await _upload_body(request, frontend.sources.max_bytes)
+        return await frontend.upload(data, content_type)
 
     @app.get("/presets", response_model=list[PresetInfo], dependencies=authed)
     async def presets() -> list[PresetInfo]:
@@ -111,6 +121,32 @@ def create_app(frontend: Frontend) -> FastAPI:
         )
 
     return app
+
+
+async def _upload_body(request: Request, limit: int) -> tuple[bytes, str]:
+    """The uploaded bytes and their content type, reading no more than ``limit`` + 1 bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise PayloadTooLarge(f"the upload declares {declared} bytes; the limit is {limit}")
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=0, max_part_size=limit + 1)
+        files = [value for value in form.values() if isinstance(value, StarletteUploadFile)]
+        if not files:
+            raise InvalidRequest.for_field("source", "the multipart body has no file part")
+        data = await files[0].read(limit + 1)
+        return _within(data, limit), files[0].content_type or ""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        _within(body, limit)
+    return bytes(body), content_type
+
+
+def _within(data: bytes | bytearray, limit: int):
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the upload is larger than the limit of {limit} bytes; nothing was stored")
+    return data
 
 
 async def _server_sent_events(first: JobStatus, rest: AsyncIterator[JobStatus | None]) -> AsyncIterator[str]:

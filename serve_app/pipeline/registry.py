@@ -17,6 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from .tasks import TASKS
+
 if TYPE_CHECKING:
     import torch
 
@@ -52,6 +54,8 @@ class ModelSpec:
     """Parameter defaults that differ from the ACE-Step v1 defaults for this model."""
     guidance_distilled: bool = False
     """Guidance is trained into the weights: the model samples unguided only."""
+    tasks: tuple[str, ...] = ("text2music",)
+    """The tasks (``serve_app.pipeline.tasks``) this model runs."""
     tiny: bool = False
 
     def __post_init__(self) -> None:
@@ -78,6 +82,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 min_duration_s=MIN_DURATION_S,
                 max_duration_s=240.0,
                 supported_erg=ALL_ERG,
+                tasks=TASKS,
             ),
             ModelSpec(
                 name="acestep-v15-xl-turbo",
@@ -108,6 +113,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 min_duration_s=MIN_DURATION_S,
                 max_duration_s=240.0,
                 supported_erg=ALL_ERG,
+                tasks=TASKS,
                 tiny=True,
             ),
             ModelSpec(

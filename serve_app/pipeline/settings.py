@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .tasks import SOURCE_TASKS, Task, TaskSettings, frames_at, source_frames, task_problems
+
 if TYPE_CHECKING:
     import torch
 
@@ -42,6 +44,19 @@ Seed = Annotated[int, Field(ge=0, lt=2**32, description="Seed of one output; eac
 OssStep = Annotated[int, Field(ge=1, le=MAX_INFER_STEP)]
 
 MAX_SEEDS_PER_REQUEST = 8
+SOURCE_SAMPLE_RATE = 48000
+"""Rate at which a source's length is counted (``source_samples``): the v1 codec's input rate."""
+TimeInSeconds = Annotated[float, Field(ge=-600.0, le=1200.0)]
+EditAverages = Annotated[int, Field(ge=1, le=10, description="Noise draws averaged per edit step.")]
+
+
+class SourceRef(BaseModel):
+    """Source audio of an audio-in task: an object of this service's store (an output or an upload)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str = Field(min_length=1, max_length=512)
+
 
 # ACE-Step v1's own defaults (``ACEStepPipeline.__call__``), except the
 # duration, which upstream randomises when unset; we default it instead.
@@ -135,6 +150,7 @@ class BatchSettings:
     use_erg_diffusion: bool
     bf16: bool
     torch_compile: bool
+    task: TaskSettings = TaskSettings()
 
     @property
     def scheduled_steps(self) -> int:
@@ -161,6 +177,10 @@ class ItemSettings:
     min_guidance_scale: float
     guidance_scale_text: float
     guidance_scale_lyric: float
+    retake_seed: int = 0
+    """Seed of the second noise of retake, repaint and extend, and of all of edit's noise."""
+    edit_target_prompt: str = ""
+    edit_target_lyrics: str = ""
 
 
 class GenerationParams(BaseModel):
@@ -189,6 +209,45 @@ class GenerationParams(BaseModel):
     guidance_scale_lyric: DoubleGuidanceScale
     bf16: bool
     torch_compile: bool
+    task: Task = "text2music"
+    source: SourceRef | None = None
+    source_samples: int = Field(default=0, ge=0)
+    """The source's length at ``SOURCE_SAMPLE_RATE``, measured when planning (not a request field)."""
+    retake_seeds: tuple[Seed, ...] = ()
+    retake_variance: UnitInterval = 0.5
+    repaint_start: TimeInSeconds = 0.0
+    repaint_end: TimeInSeconds = 0.0
+    ref_audio_strength: UnitInterval = 0.5
+    edit_target_prompt: str | None = None
+    edit_target_lyrics: str | None = None
+    edit_n_min: UnitInterval = 0.0
+    edit_n_max: UnitInterval = 1.0
+    edit_n_avg: EditAverages = 1
+
+    def request_fields(self) -> dict:
+        """The parameters as request fields (JSON-ready): posting them repeats the request
+        exactly. Values measured from the source are left out; they are measured again."""
+        fields = self.model_dump(mode="json", exclude={"source_samples"})
+        if self.task in SOURCE_TASKS:
+            del fields["audio_duration"]
+        if not self.retake_seeds:
+            del fields["retake_seeds"]  # the task draws none
+        return fields
+
+    def task_settings(self) -> TaskSettings:
+        """The task with only the parameters it uses, so unrelated values never split batches."""
+        frames = source_frames(self.source_samples, SOURCE_SAMPLE_RATE) if self.task in SOURCE_TASKS else 0
+        if self.task == "retake":
+            return TaskSettings("retake", retake_variance=self.retake_variance)
+        if self.task in ("repaint", "extend"):
+            return TaskSettings(self.task, frames, self.retake_variance, self.repaint_start, self.repaint_end)
+        if self.task == "audio2audio":
+            return TaskSettings("audio2audio", frames, ref_audio_strength=self.ref_audio_strength)
+        if self.task == "edit":
+            return TaskSettings(
+                "edit", frames, edit_n_min=self.edit_n_min, edit_n_max=self.edit_n_max, edit_n_avg=self.edit_n_avg
+            )
+        return TaskSettings()
 
     def batch_settings(self) -> BatchSettings:
         return BatchSettings(
@@ -206,6 +265,7 @@ class GenerationParams(BaseModel):
             use_erg_diffusion=self.use_erg_diffusion,
             bf16=self.bf16,
             torch_compile=self.torch_compile,
+            task=self.task_settings(),
         )
 
     def items(self) -> list[ItemSettings]:
@@ -220,8 +280,11 @@ class GenerationParams(BaseModel):
                 min_guidance_scale=self.min_guidance_scale,
                 guidance_scale_text=self.guidance_scale_text,
                 guidance_scale_lyric=self.guidance_scale_lyric,
+                retake_seed=retake_seed,
+                edit_target_prompt=self.prompt if self.edit_target_prompt is None else self.edit_target_prompt,
+                edit_target_lyrics=self.lyrics if self.edit_target_lyrics is None else self.edit_target_lyrics,
             )
-            for seed in self.actual_seeds
+            for seed, retake_seed in zip(self.actual_seeds, self.retake_seeds or (0,) * len(self.actual_seeds))
         ]
 
 
@@ -261,3 +324,13 @@ def check_supported(settings: BatchSettings, spec: ModelSpec) -> None:
             )
         if settings.infer_step != max(settings.oss_steps):
             raise SettingsError("infer_step", "with oss_steps, infer_step is max(oss_steps)")
+    task = settings.task
+    if task.task not in spec.tasks:
+        raise SettingsError("task", f"{spec.name} offers the tasks {', '.join(spec.tasks)}, not {task.task}")
+    max_frames = frames_at(spec.max_duration_s)
+    for field, reason in task_problems(task, settings.infer_step, max_frames):
+        raise SettingsError(field, reason)
+    if task.task in ("edit", "audio2audio") and settings.oss_steps:
+        raise SettingsError("oss_steps", f"{task.task} runs its own schedule; oss_steps cannot be combined with it")
+    if task.task == "edit" and settings.scheduler_type != "euler":
+        raise SettingsError("scheduler_type", "edit (flow-edit) steps with euler only")
