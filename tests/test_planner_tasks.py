@@ -45,7 +45,9 @@ def test_a_source_task_takes_its_length_from_the_source(planner):
 
 
 def test_a_source_task_refuses_an_explicit_duration_and_a_missing_source(planner):
-    assert refused(planner, task="audio2audio", source={"key": SOURCE.key}, audio_duration=3.0).field == "audio_duration"
+    assert (
+        refused(planner, task="audio2audio", source={"key": SOURCE.key}, audio_duration=3.0).field == "audio_duration"
+    )
     assert refused(planner, None, task="audio2audio").field == "source"
     assert refused(planner, None, source={"key": SOURCE.key}).field == "source"
 
