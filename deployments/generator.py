@@ -52,6 +52,8 @@ class Generator:
                 logger.info("loading %s (%s) on %s", name, variant, device)
                 if self.config.warmup:
                     pipeline.warmup(bf16=variant == "bf16")
+                    if self.config.torch_compile == "warmup":
+                        pipeline.warmup(bf16=variant == "bf16", torch_compile=True)
                 else:
                     pipeline.model(bf16=variant == "bf16")
         self.engine = GenerationEngine(

@@ -122,6 +122,7 @@ class Ingress:
             PresetBook.load(self.config.presets_path),
             served_models=self.config.models,
             default_model=self.config.default_model,
+            compile_allowed=self.config.torch_compile != "off",
         )
         app_name = serve.get_replica_context().app_name
         self.frontend = Frontend(

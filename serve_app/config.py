@@ -83,6 +83,10 @@ class AppConfig(BaseModel):
     warmup: bool = True
     warmup_variants: list[Literal["bf16", "fp32"]] = Field(default_factory=lambda: ["bf16"], min_length=1)
     """Weight variants loaded (and warmed up) at start; another loads on first use."""
+    torch_compile: Literal["off", "warmup"] = "off"
+    """``warmup``: compile each model's denoiser at start (the warm-up shapes) and let requests ask for it
+    with ``torch_compile: true``; ``off``: such a request is a 422. Compiling takes minutes on the GPU
+    thread, so it is never started by a request alone."""
     jobs_prefix: str = Field(default="jobs", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     """Key prefix of the job records in the store; reserved, so no output is written under it."""
     jobs_max_in_flight: int = Field(default=64, ge=1)
@@ -99,6 +103,12 @@ class AppConfig(BaseModel):
             self.default_model = self.models[0]
         elif self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} must be one of models {self.models}")
+        return self
+
+    @model_validator(mode="after")
+    def _compile_needs_warmup(self) -> AppConfig:
+        if self.torch_compile == "warmup" and not self.warmup:
+            raise ValueError("torch_compile: warmup compiles during the warm-up; set warmup: true")
         return self
 
     def resolved_device(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .pipeline.invalid_field import InvalidField
 from .schemas import LEGACY_FIELD_HINTS, ErrorBody, ErrorResponse, FieldError
 
 
@@ -37,10 +38,27 @@ class InvalidRequest(ServiceError):
         return cls(f"{field}: {message}", [FieldError(field=field, message=message)])
 
     @classmethod
+    def from_field(cls, error: InvalidField) -> InvalidRequest:
+        """The client's view of an ``InvalidField``, wherever it was raised."""
+        return cls.for_field(error.field, error.reason)
+
+    @classmethod
     def from_validation(cls, errors: Iterable[dict[str, Any]]) -> InvalidRequest:
         """From pydantic's (or FastAPI's) error list: each field named, with a reason for humans."""
-        fields = [FieldError(field=_field_name(error), message=_explain(error)) for error in errors]
+        fields = [_field_error(error) for error in errors]
         return cls("; ".join(f"{field.field}: {field.message}" for field in fields), fields)
+
+
+def _field_error(error: dict[str, Any]) -> FieldError:
+    raised = error.get("ctx", {}).get("error")
+    if isinstance(raised, InvalidField):  # a validator of ours: it names the field and the reason itself
+        return FieldError(field=raised.field, message=raised.reason)
+    field = _field_name(error)
+    if error["type"] == "extra_forbidden":
+        return FieldError(
+            field=field, message=LEGACY_FIELD_HINTS.get(field, "unknown field; the request schema is at /docs")
+        )
+    return FieldError(field=field, message=error["msg"])
 
 
 def _field_name(error: dict[str, Any]) -> str:
@@ -48,12 +66,6 @@ def _field_name(error: dict[str, Any]) -> str:
         return "body"
     parts = [str(part) for part in error["loc"] if part not in ("body", "query", "path")]
     return ".".join(parts) or "body"
-
-
-def _explain(error: dict[str, Any]) -> str:
-    if error["type"] == "extra_forbidden":
-        return LEGACY_FIELD_HINTS.get(_field_name(error), "unknown field; the request schema is at /docs")
-    return error["msg"].removeprefix("Value error, ")
 
 
 class Unauthorized(ServiceError):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 Stage = Literal["queued", "running", "encoding", "done"]
+"""Where an item is, in the order it goes through them."""
+STAGE_ORDER: dict[str, int] = {stage: index for index, stage in enumerate(get_args(Stage))}
 
 
 @dataclass(frozen=True)

@@ -8,35 +8,22 @@ value decided, nothing left to guess.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from .audio import AudioFormat
-from .pipeline.settings import (
-    MAX_SEEDS_PER_REQUEST,
-    CfgType,
-    DoubleGuidanceScale,
-    EditAverages,
-    GenerationParams,
-    GuidanceScale,
-    InferStep,
-    MinGuidanceScale,
-    OmegaScale,
-    OssStep,
-    SchedulerType,
-    Seed,
-    SourceRef,
-    TimeInSeconds,
-    UnitInterval,
-)
-from .pipeline.tasks import Task
+from .pipeline.invalid_field import InvalidField
+from .pipeline.registry import ModelSpec
+from .pipeline.settings import MAX_SEEDS_PER_REQUEST, GenerationParams, OssStep, Seed
 
 OutputSampleRate = Literal[48000, 44100, 32000, 24000, 22050, 16000]
 MAX_PROMPT_CHARS = 2000
 MAX_NAME_CHARS = 64
 """Model and preset names: echoed in error messages and used as metric tags."""
 MAX_LYRICS_CHARS = 10000
+MAX_LYRIC_LINE_CHARS = 256
+"""Characters in one line of lyrics (a sung line is far shorter): bounds the lyric tokenizer's work per line."""
 
 # Fields of ACE-Step's reference servers that a server must not take from clients.
 LEGACY_FIELD_HINTS = {
@@ -65,8 +52,8 @@ class Output(BaseModel):
     """An object name or prefix chosen by the client, inside the server's bucket and prefix."""
 
 
-class GenerateRequest(BaseModel):
-    """``POST /generate`` body, and the argument of the ingress handle's ``generate``."""
+class _RequestContent(BaseModel):
+    """What to make: the head of ``GenerateRequest``."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -89,13 +76,38 @@ class GenerateRequest(BaseModel):
     )
     model: str | None = Field(default=None, max_length=MAX_NAME_CHARS, description="A served model from GET /models.")
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="Tags / style description.")
-    lyrics: str | None = Field(default=None, max_length=MAX_LYRICS_CHARS, description="Lyrics; empty for instrumental.")
-    audio_duration: float | None = Field(default=None, gt=0.0, description="Seconds of audio per output.")
-    infer_step: InferStep | None = None
-    guidance_scale: GuidanceScale | None = None
-    scheduler_type: SchedulerType | None = None
-    cfg_type: CfgType | None = None
-    omega_scale: OmegaScale | None = None
+    lyrics: str | None = Field(
+        default=None,
+        max_length=MAX_LYRICS_CHARS,
+        description="Lyrics, one sung line per line; empty for instrumental. At most the model's max_lyric_tokens "
+        f"(GET /models) and {MAX_LYRIC_LINE_CHARS} characters a line.",
+    )
+    audio_duration: float | None = Field(default=None, strict=True, gt=0.0, description="Seconds of audio per output.")
+
+
+def _optional(name: str) -> tuple[Any, Any]:
+    """``GenerationParams``' field ``name`` as a request field: the same type, range and
+    description, ``None`` (not given) by default so presets and model defaults can fill it."""
+    resolved = GenerationParams.model_fields[name]
+    annotation = Annotated[(resolved.annotation, *resolved.metadata)] if resolved.metadata else resolved.annotation
+    return annotation | None, Field(default=None, description=resolved.description)
+
+
+# The sampling parameters a request sets one for one; the content, seeds and steps above
+# and below have request forms of their own (strings of seeds, batch_size, ...).
+SAMPLING_FIELDS = tuple(
+    name
+    for name in GenerationParams.model_fields
+    if name not in (*_RequestContent.model_fields, "actual_seeds", "oss_steps", "source_samples")
+)
+_RequestSampling = create_model(
+    "_RequestSampling", __base__=_RequestContent, **{name: _optional(name) for name in SAMPLING_FIELDS}
+)
+
+
+class GenerateRequest(_RequestSampling):
+    """``POST /generate`` body, and the argument of the ingress handle's ``generate``."""
+
     actual_seeds: list[Seed] | None = Field(
         default=None,
         min_length=1,
@@ -103,51 +115,18 @@ class GenerateRequest(BaseModel):
         description="One output per seed; random seeds are drawn (and returned) when absent.",
     )
     batch_size: int | None = Field(
-        default=None, ge=1, le=MAX_SEEDS_PER_REQUEST, description="Number of outputs when actual_seeds is absent."
+        default=None,
+        strict=True,
+        ge=1,
+        le=MAX_SEEDS_PER_REQUEST,
+        description="Number of outputs when actual_seeds is absent.",
     )
     oss_steps: list[OssStep] | None = Field(
         default=None, max_length=200, description="Explicit 1-based step subset of a max(oss_steps)-step schedule."
     )
-    guidance_interval: UnitInterval | None = None
-    guidance_interval_decay: UnitInterval | None = None
-    min_guidance_scale: MinGuidanceScale | None = None
-    use_erg_tag: bool | None = None
-    use_erg_lyric: bool | None = None
-    use_erg_diffusion: bool | None = None
-    guidance_scale_text: DoubleGuidanceScale | None = None
-    guidance_scale_lyric: DoubleGuidanceScale | None = None
-    bf16: bool | None = None
-    torch_compile: bool | None = None
-
-    task: Task | None = Field(
-        default=None, description="text2music (default), retake, repaint, extend, edit, audio2audio."
-    )
-    source: SourceRef | None = Field(
-        default=None,
-        description="Source audio of repaint, extend, edit, audio2audio: an output key or an upload's key.",
-    )
-    retake_seeds: list[Seed] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_SEEDS_PER_REQUEST,
-        description="Second noise of retake/repaint/extend (all of edit's noise), one per output; drawn when absent.",
-    )
-    retake_variance: UnitInterval | None = Field(default=None, description="How far retake/repaint/extend move away.")
-    repaint_start: TimeInSeconds | None = Field(
-        default=None, description="Seconds; negative extends before the source."
-    )
-    repaint_end: TimeInSeconds | None = Field(default=None, description="Seconds; past the source's end extends it.")
-    ref_audio_strength: UnitInterval | None = Field(
-        default=None, description="audio2audio: how much of the source stays."
-    )
-    edit_target_prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
-    edit_target_lyrics: str | None = Field(default=None, max_length=MAX_LYRICS_CHARS)
-    edit_n_min: UnitInterval | None = Field(default=None, description="edit: fraction of steps skipped at the start.")
-    edit_n_max: UnitInterval | None = Field(default=None, description="edit: fraction of steps after which it samples.")
-    edit_n_avg: EditAverages | None = None
 
     format: AudioFormat | None = None
-    mp3_bitrate_kbps: int | None = Field(default=None, ge=32, le=320)
+    mp3_bitrate_kbps: int | None = Field(default=None, strict=True, ge=32, le=320)
     sample_rate: OutputSampleRate | None = Field(default=None, description="Output sample rate (default 48000).")
     output_name: str | None = Field(
         default=None, max_length=256, description="Object name or prefix inside the bucket; never a filesystem path."
@@ -162,7 +141,7 @@ class GenerateRequest(BaseModel):
     @classmethod
     def _prompt_has_text(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("prompt is blank; describe the music (genre, instruments, mood)")
+            raise InvalidField("prompt", "is blank; describe the music (genre, instruments, mood)")
         return value
 
     @field_validator("actual_seeds", mode="before")
@@ -171,35 +150,30 @@ class GenerateRequest(BaseModel):
         if isinstance(value, int) and not isinstance(value, bool):
             return [value]
         if isinstance(value, str):
-            return _int_list(value)
+            return _int_list("actual_seeds", value)
         return value
-
-    @field_validator("retake_seeds", mode="before")
-    @classmethod
-    def _retake_seeds_from_int_or_string(cls, value: Any) -> Any:
-        return cls._seeds_from_int_or_string(value)
 
     @field_validator("oss_steps", mode="before")
     @classmethod
     def _steps_from_string(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return _int_list(value)
+            return _int_list("oss_steps", value)
         return value
 
     @model_validator(mode="after")
     def _one_output_name(self) -> GenerateRequest:
         if self.output_name is not None and self.output_path is not None:
-            raise ValueError("give output_name or the legacy output_path, not both")
+            raise InvalidField("output_path", "give output_name or the legacy output_path, not both")
         return self
 
 
-def _int_list(text: str) -> list[int]:
+def _int_list(field: str, text: str) -> list[int]:
     """ACE-Step's string form of a list: ``"1, 2, 3"``."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     try:
         return [int(part) for part in parts]
     except ValueError:
-        raise ValueError("expected integers separated by commas") from None
+        raise InvalidField(field, "expected integers separated by commas") from None
 
 
 class ParamWarning(BaseModel):
@@ -271,6 +245,8 @@ class PresetInfo(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """A catalog entry as ``GET /models`` shows it: the ``ModelSpec`` fields of the same name."""
+
     name: str
     family: str
     description: str
@@ -278,7 +254,15 @@ class ModelInfo(BaseModel):
     min_duration_s: float
     max_duration_s: float
     supported_erg: list[str]
+    max_lyric_tokens: int
     guidance_distilled: bool
     """Samples without guidance: ``guidance_scale`` must be 0 or 1."""
     defaults: dict[str, Any]
     served: bool
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, served: bool) -> ModelInfo:
+        shown = {name: getattr(spec, name) for name in cls.model_fields if name != "served"}
+        return cls(
+            **{**shown, "supported_erg": sorted(spec.supported_erg), "defaults": dict(spec.defaults)}, served=served
+        )

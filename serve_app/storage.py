@@ -44,6 +44,7 @@ from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from .audio import AUDIO_FORMATS
+from .pipeline.invalid_field import InvalidField
 
 logger = logging.getLogger(__name__)
 
@@ -169,48 +170,50 @@ def validate_output_name(name: str) -> str:
     The name is an object name or prefix *inside the bucket*, relative to the
     server's prefix — never a filesystem path: ``"track"``,
     ``"albums/summer/track"`` or, with a trailing ``/``, a folder only
-    (``"albums/summer/"``). Raises ``ValueError`` with the reason.
+    (``"albums/summer/"``). Raises ``InvalidField`` with the reason.
     """
     if not isinstance(name, str):
-        raise ValueError(f"output_name must be a string, got {type(name).__name__}")
+        raise InvalidField("output_name", f"must be a string, got {type(name).__name__}")
     bad = _invisible_char(name)
     if bad is not None:
-        raise ValueError(f"output_name contains a control or invisible character (U+{ord(bad):04X})")
+        raise InvalidField("output_name", f"contains a control or invisible character (U+{ord(bad):04X})")
     name = unicodedata.normalize("NFC", name)
     if not name.strip():
-        raise ValueError("output_name is empty")
+        raise InvalidField("output_name", "is empty")
     if len(name) > MAX_OUTPUT_NAME_CHARS:
-        raise ValueError(f"output_name is longer than {MAX_OUTPUT_NAME_CHARS} characters")
+        raise InvalidField("output_name", f"is longer than {MAX_OUTPUT_NAME_CHARS} characters")
     if "\\" in name:
-        raise ValueError("output_name contains a backslash; use '/' to separate folders")
+        raise InvalidField("output_name", "contains a backslash; use '/' to separate folders")
     if name.startswith("/"):
-        raise ValueError("output_name must be relative: it names an object in the bucket, not a filesystem path")
+        raise InvalidField("output_name", "must be relative: it names an object in the bucket, not a filesystem path")
     if _DRIVE_RE.match(name):
-        raise ValueError("output_name must not start with a drive letter: it is not a filesystem path")
+        raise InvalidField("output_name", "must not start with a drive letter: it is not a filesystem path")
     if "~" in name:
-        raise ValueError("output_name must not contain '~': it is not a filesystem path")
+        raise InvalidField("output_name", "must not contain '~': it is not a filesystem path")
     segments = name[:-1].split("/") if name.endswith("/") else name.split("/")
     if len(segments) > MAX_OUTPUT_NAME_DEPTH:
-        raise ValueError(f"output_name has more than {MAX_OUTPUT_NAME_DEPTH} path segments")
+        raise InvalidField("output_name", f"has more than {MAX_OUTPUT_NAME_DEPTH} path segments")
     for seg in segments:
         if seg in (".", ".."):
-            raise ValueError(f"output_name must not contain '{seg}' path segments")
+            raise InvalidField("output_name", f"must not contain '{seg}' path segments")
         if not seg:
-            raise ValueError("output_name has an empty path segment ('//' or a leading/trailing '/')")
+            raise InvalidField("output_name", "has an empty path segment ('//' or a leading/trailing '/')")
         if seg.startswith("."):
-            raise ValueError(f"output_name segment {seg!r} must not start with '.'")
+            raise InvalidField("output_name", f"segment {seg!r} must not start with '.'")
         if seg != seg.strip():
-            raise ValueError(f"output_name segment {seg!r} starts or ends with whitespace")
+            raise InvalidField("output_name", f"segment {seg!r} starts or ends with whitespace")
         if len(seg) > MAX_OUTPUT_NAME_SEGMENT_CHARS or len(seg.encode()) > 2 * MAX_OUTPUT_NAME_SEGMENT_CHARS:
-            raise ValueError(
-                f"output_name segment is longer than {MAX_OUTPUT_NAME_SEGMENT_CHARS} characters "
-                f"({2 * MAX_OUTPUT_NAME_SEGMENT_CHARS} bytes in UTF-8)"
+            raise InvalidField(
+                "output_name",
+                f"segment is longer than {MAX_OUTPUT_NAME_SEGMENT_CHARS} characters "
+                f"({2 * MAX_OUTPUT_NAME_SEGMENT_CHARS} bytes in UTF-8)",
             )
         for ch in seg:
             if not _NAME_CHAR_RE.fullmatch(ch):
-                raise ValueError(
-                    f"output_name contains {ch!r}, which is not allowed; "
-                    "use letters, digits, space and - _ . ( ) + , = @ ('/' separates folders)"
+                raise InvalidField(
+                    "output_name",
+                    f"contains {ch!r}, which is not allowed; "
+                    "use letters, digits, space and - _ . ( ) + , = @ ('/' separates folders)",
                 )
     return name
 
@@ -219,8 +222,8 @@ def split_output_name(name: str, ext: str) -> tuple[list[str], str | None]:
     """Folders and file stem of a validated output name, for a file ending in ``.{ext}``.
 
     A name ending in ``/`` is folders only (no stem). A trailing ``.{ext}`` on the
-    stem is dropped (``"track.mp3"`` → ``track``); another audio extension is a
-    ``ValueError``, so the planner refuses it before anything is generated.
+    stem is dropped (``"track.mp3"`` → ``track``); another audio extension is an
+    ``InvalidField``, so the planner refuses it before anything is generated.
     """
     if name.endswith("/"):
         return name[:-1].split("/"), None
@@ -229,7 +232,7 @@ def split_output_name(name: str, ext: str) -> tuple[list[str], str | None]:
     if dot and base and suffix.lower() == ext:
         stem = base
     elif dot and base and suffix.lower() in AUDIO_FORMATS:
-        raise ValueError(f"output_name ends with '.{suffix}' but the output format is {ext}")
+        raise InvalidField("output_name", f"ends with '.{suffix}' but the output format is {ext}")
     return folders, stem
 
 

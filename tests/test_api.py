@@ -100,3 +100,39 @@ def test_handle_callers_get_the_same_field_errors_as_http():
         validated(JobRequest, {"prompt": "x", "webhook_url": "ftp://example.com/"})
     assert [field.field for field in caught.value.fields] == ["webhook_url"]
     assert validated(GenerateRequest, {"prompt": "x"}).prompt == "x"
+
+
+@pytest.mark.parametrize("lyrics", ["😀" * 10000, "1" * 10000], ids=["emoji", "digits"])
+def test_hostile_lyrics_are_a_422_before_the_generator(tmp_path, lyrics):
+    client = client_for(RuntimeError("the generator must not be called"), tmp_path)
+    response = client.post("/generate", json={"prompt": "x", "lyrics": lyrics, "audio_duration": 2})
+    assert response.status_code == 422
+    [field] = response.json()["error"]["fields"]
+    assert field["field"] == "lyrics" and "4096 lyric tokens" in field["message"]
+
+
+@pytest.mark.parametrize(
+    "body, field, message",
+    [
+        ({"prompt": " "}, "prompt", "is blank; describe the music (genre, instruments, mood)"),
+        ({"prompt": "x", "actual_seeds": "1, x"}, "actual_seeds", "expected integers separated by commas"),
+        ({"prompt": "x", "output_name": "a", "output_path": "b"}, "output_path", "give output_name or the legacy"),
+        ({"prompt": "x", "actual_seeds": [True]}, "actual_seeds.0", "valid integer"),
+        ({"prompt": "x", "torch_compile": True}, "torch_compile", "compilation is off on this server"),
+    ],
+)
+def test_each_bad_field_is_named_with_its_reason(tmp_path, body, field, message):
+    response = client_for(RuntimeError("unused"), tmp_path).post("/generate", json=body)
+    assert response.status_code == 422
+    [error] = response.json()["error"]["fields"]
+    assert error["field"] == field and message in error["message"]
+    assert "Value error" not in error["message"]
+
+
+def test_models_show_their_lyric_limit(tmp_path):
+    from serve_app.pipeline.registry import CATALOG
+
+    models = client_for(RuntimeError("unused"), tmp_path).get("/models").json()
+    assert {model["name"]: model["max_lyric_tokens"] for model in models} == {
+        name: spec.max_lyric_tokens for name, spec in CATALOG.items()
+    }

@@ -16,9 +16,10 @@ import math
 import pytest
 import torch
 
+from serve_app.pipeline.invalid_field import InvalidField
 from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.pipeline.sampler import Sampler
-from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams, SettingsError
+from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
 from serve_app.pipeline.tasks import LATENT_FRAMES_PER_SECOND, TaskSettings, output_duration, source_frames
 
 from .generation import DIFFERENT, SAME
@@ -179,7 +180,7 @@ def test_pipeline_decodes_each_task_at_its_length(pipeline, source):
 )
 def test_impossible_task_settings_are_refused_naming_the_field(pipeline, task, field):
     settings = dataclasses.replace(_params().batch_settings(), task=task)
-    with pytest.raises(SettingsError) as caught:
+    with pytest.raises(InvalidField) as caught:
         pipeline.check_inputs(settings, _params().items())
     assert caught.value.field == field
 
@@ -188,7 +189,7 @@ def test_edit_refuses_other_schedulers(pipeline):
     settings = dataclasses.replace(
         _params(scheduler_type="heun").batch_settings(), task=TaskSettings("edit", 16, edit_n_max=1.0)
     )
-    with pytest.raises(SettingsError, match="euler"):
+    with pytest.raises(InvalidField, match="euler"):
         pipeline.check_inputs(settings, _params().items())
 
 
@@ -196,6 +197,6 @@ def test_a_model_without_audio_in_refuses_the_tasks_listing_its_own():
     pipeline = MusicPipeline("acestep-v15-tiny", "cpu")
     params = _params(model="acestep-v15-tiny", guidance_scale=7.0)
     settings = dataclasses.replace(params.batch_settings(), task=TaskSettings("retake"))
-    with pytest.raises(SettingsError) as caught:
+    with pytest.raises(InvalidField) as caught:
         pipeline.check_inputs(settings, params.items())
     assert caught.value.field == "task" and "text2music" in caught.value.reason

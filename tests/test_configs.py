@@ -51,3 +51,12 @@ def test_production_config_runs_real_weights_on_gpus_with_minio():
 def test_bad_app_args_are_refused_at_build(args, message):
     with pytest.raises(ValueError, match=message):
         build_app(args)
+
+
+def test_compilation_is_off_unless_the_operator_turns_it_on():
+    assert AppConfig().torch_compile == "off"
+    assert AppConfig(torch_compile="warmup").torch_compile == "warmup"
+    with pytest.raises(ValueError, match="warmup: true"):
+        AppConfig(torch_compile="warmup", warmup=False)
+    with pytest.raises(ValueError):
+        AppConfig(torch_compile="on_request")

@@ -11,7 +11,7 @@ from serve_app.errors import Unavailable
 from serve_app.jobs import CoordinatorConfig, JobConflict, JobCoordinator, JobNotFound, JobRecords
 from serve_app.jobs.webhooks import DeliveryOutcome
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
-from serve_app.progress import Progress
+from serve_app.progress import STAGE_ORDER, Progress
 from serve_app.schemas import GenerateResponse, GenerationPlan, Output
 from serve_app.storage import LocalStore, StorageUnavailableError
 
@@ -157,8 +157,7 @@ def test_a_job_runs_to_success_with_rising_progress_and_is_recorded(store):
     status, seen = asyncio.run(scenario())
     assert status.status == "succeeded" and status.result.request_id == status.job_id
     assert status.attempts == 1 and status.progress.step == status.progress.total_steps == STEPS
-    order = {"queued": 0, "running": 1, "encoding": 2, "done": 3}
-    assert seen == sorted(seen, key=lambda entry: (order[entry[0]], entry[1]))
+    assert seen == sorted(seen, key=lambda entry: (STAGE_ORDER[entry[0]], entry[1]))
     assert seen[-1] == ("done", STEPS)
     records = JobRecords(store)
     assert records.load(status.job_id).status.status == "succeeded"

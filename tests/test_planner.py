@@ -7,8 +7,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from serve_app.ingress.planner import Planner, PlanningError
+from serve_app.ingress.planner import Planner
 from serve_app.ingress.presets import DEFAULT_PRESETS_PATH, PresetBook, PresetError
+from serve_app.pipeline.invalid_field import InvalidField
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
 from serve_app.schemas import GenerateRequest
 
@@ -28,8 +29,8 @@ def plan(planner: Planner, **fields):
     return planner.plan(GenerateRequest(prompt="synthwave, 120 bpm", **fields), "req1")
 
 
-def refused(planner: Planner, **fields) -> PlanningError:
-    with pytest.raises(PlanningError) as caught:
+def refused(planner: Planner, **fields) -> InvalidField:
+    with pytest.raises(InvalidField) as caught:
         plan(planner, **fields)
     return caught.value
 
@@ -91,9 +92,9 @@ def test_unknown_preset_and_model_list_the_known_ones(planner):
     error = refused(planner, preset="loud")
     assert error.field == "preset"
     for name in ("balanced", "freestyle", "precision", "draft"):
-        assert name in error.message
+        assert name in error.reason
     error = refused(planner, model="ace-step-v2")
-    assert error.field == "model" and V1 in error.message and V15 in error.message
+    assert error.field == "model" and V1 in error.reason and V15 in error.reason
 
 
 # ------------------------------------------------------------- resolution
@@ -142,7 +143,7 @@ def test_cross_field_errors_name_the_field(planner, fields, field):
 
 def test_a_guidance_distilled_model_refuses_guidance(planner):
     error = refused(planner, model=V15_TURBO, guidance_scale=7.0)
-    assert error.field == "guidance_scale" and "guidance-distilled" in error.message and "1" in error.message
+    assert error.field == "guidance_scale" and "guidance-distilled" in error.reason and "1" in error.reason
     assert refused(planner, model=V15_TURBO, preset="precision").field == "guidance_scale"
     for unguided in (0.0, 1.0):
         assert plan(planner, model=V15_TURBO, guidance_scale=unguided).params.guidance_scale == unguided
@@ -151,7 +152,7 @@ def test_a_guidance_distilled_model_refuses_guidance(planner):
 
 def test_preset_values_that_the_model_refuses_say_where_they_came_from(planner):
     error = refused(planner, model=V15, preset="balanced")
-    assert error.field.startswith("use_erg_") and "preset 'balanced'" in error.message
+    assert error.field.startswith("use_erg_") and "preset 'balanced'" in error.reason
 
 
 def test_output_options(planner):
@@ -161,7 +162,7 @@ def test_output_options(planner):
     assert plan(planner, format="mp3", sample_rate=24000).output.mp3_bitrate_kbps == 160
     assert plan(planner, output_path="albums/summer/track").output.name == "albums/summer/track"
     assert plan(planner, output_name="song.MP3", format="mp3").output.name == "song.MP3"
-    assert "format is mp3" in refused(planner, output_name="song.wav", format="mp3").message
+    assert "format is mp3" in refused(planner, output_name="song.wav", format="mp3").reason
 
 
 def invalid_field(**fields) -> str:
@@ -255,3 +256,66 @@ def test_every_request_parameter_is_a_generation_parameter_or_an_output_option()
     output_options = {"format", "mp3_bitrate_kbps", "sample_rate", "output_name", "output_path"}
     selection = {"preset", "model", "batch_size"}
     assert set(GenerateRequest.model_fields) == resolved | output_options | selection
+
+
+# ------------------------------------------------------------- request cost
+
+
+@pytest.mark.parametrize("lyrics", ["😀" * 10000, "1" * 10000], ids=["emoji", "digits"])
+def test_hostile_lyrics_are_refused_with_the_limit(planner, lyrics):
+    error = refused(planner, lyrics=lyrics)
+    assert error.field == "lyrics" and "4096 lyric tokens" in error.reason
+
+
+def test_lyrics_over_the_token_limit_are_refused_short_lines_or_not(planner):
+    verse = "la la la la la"  # 11 tokens a line: [en], five words, four spaces, the line break
+    assert plan(planner, lyrics="\n".join([verse] * 300)).params.lyrics.startswith(verse)
+    error = refused(planner, lyrics="\n".join([verse] * 400))
+    assert error.field == "lyrics" and "longer than 4096 lyric tokens" in error.reason
+    assert refused(planner, lyrics="a\n" * 4999).field == "lyrics"
+
+
+def test_a_model_without_an_ingress_tokenizer_cuts_at_its_limit_instead(planner):
+    # ACE-Step 1.5's tokenizer comes with its weights; the model cuts lyrics at max_lyric_tokens.
+    assert plan(planner, model=V15, lyrics="la " * 3000).params.lyrics.startswith("la")
+
+
+def test_torch_compile_is_the_operators_decision():
+    assert (
+        refused(Planner(PresetBook.load(), served_models=[V1], default_model=V1), torch_compile=True).field
+        == "torch_compile"
+    )
+    allowed = Planner(PresetBook.load(), served_models=[V1], default_model=V1, compile_allowed=True)
+    assert plan(allowed, torch_compile=True).params.torch_compile is True
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"actual_seeds": [True]}, "actual_seeds"),
+        ({"actual_seeds": True}, "actual_seeds"),
+        ({"infer_step": True}, "infer_step"),
+        ({"oss_steps": [1, True]}, "oss_steps"),
+        ({"batch_size": True}, "batch_size"),
+        ({"audio_duration": True}, "audio_duration"),
+        ({"guidance_scale": True}, "guidance_scale"),
+        ({"mp3_bitrate_kbps": True}, "mp3_bitrate_kbps"),
+    ],
+)
+def test_a_bool_is_not_a_number(fields, field):
+    assert invalid_field(**fields) == field
+
+
+def test_every_parameter_is_settable_by_a_request_with_the_same_range():
+    measured = {"source_samples"}  # from the source, when planning
+    assert set(GenerationParams.model_fields) - measured <= set(GenerateRequest.model_fields)
+    assert invalid_field(infer_step=201) == "infer_step"
+    assert invalid_field(guidance_interval=1.5) == "guidance_interval"
+    assert invalid_field(guidance_scale_lyric=11) == "guidance_scale_lyric"
+
+
+def test_lyrics_cut_into_too_many_pieces_are_refused_realistic_ones_are_not(planner):
+    bilingual = "我爱你 I love you, 你好 hello world 1, 2, 3 (yeah)"
+    assert plan(planner, lyrics="\n".join([bilingual] * 60)).params.lyrics.startswith(bilingual)
+    error = refused(planner, lyrics="\n".join(["a1" * 127] * 39))
+    assert error.field == "lyrics" and "pieces" in error.reason

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.ingress.planner import Planner, PlanningError
+from serve_app.ingress.planner import Planner
 from serve_app.ingress.presets import PresetBook
+from serve_app.pipeline.invalid_field import InvalidField
 from serve_app.pipeline.tasks import LATENT_FRAMES_PER_SECOND
 from serve_app.schemas import GenerateRequest
 from serve_app.sources import SourceInfo
@@ -25,15 +26,15 @@ def plan(planner: Planner, probed: SourceInfo | None = SOURCE, **fields):
     return planner.plan(GenerateRequest(prompt="synthwave", **fields), "req1", probed)
 
 
-def refused(planner: Planner, probed: SourceInfo | None = SOURCE, **fields) -> PlanningError:
-    with pytest.raises(PlanningError) as caught:
+def refused(planner: Planner, probed: SourceInfo | None = SOURCE, **fields) -> InvalidField:
+    with pytest.raises(InvalidField) as caught:
         plan(planner, probed, **fields)
     return caught.value
 
 
 def test_a_task_the_model_lacks_lists_the_ones_it_has(planner):
     error = refused(planner, model=V15, task="repaint", source={"key": SOURCE.key})
-    assert error.field == "task" and "text2music" in error.message
+    assert error.field == "task" and "text2music" in error.reason
 
 
 def test_a_source_task_takes_its_length_from_the_source(planner):

@@ -17,11 +17,11 @@ import pytest
 import soundfile as sf
 
 from deployments.app import build_app
+from serve_app.progress import STAGE_ORDER
 
 from .conftest import TEST_MODEL, run_app
 
 APP = "acestep-jobs"
-STAGES = {"queued": 0, "running": 1, "encoding": 2, "done": 3}
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def outputs_of(outputs_dir, job_id: str) -> list:
 
 
 def progress_key(job: dict) -> tuple[int, int]:
-    return STAGES[job["progress"]["stage"]], job["progress"]["step"]
+    return STAGE_ORDER[job["progress"]["stage"]], job["progress"]["step"]
 
 
 def test_jobs_rise_monotonically_to_done_and_return_the_generate_result(client):
@@ -126,7 +126,7 @@ def test_jobs_rise_monotonically_to_done_and_return_the_generate_result(client):
         final, seen = wait_until(client, job["job_id"], finished)
         assert final["status"] == "succeeded", final
         keys = [progress_key(entry) for entry in seen]
-        assert keys == sorted(keys) and keys[-1] == (STAGES["done"], final["progress"]["total_steps"])
+        assert keys == sorted(keys) and keys[-1] == (STAGE_ORDER["done"], final["progress"]["total_steps"])
         assert final["eta_s"] == 0.0 and final["attempts"] == 1 and final["started_at"] and final["finished_at"]
         (output,) = final["result"]["outputs"]
         assert final["result"]["request_id"] == job["job_id"] and output["seed"] == seed

@@ -16,12 +16,13 @@ from typing import Any, Protocol
 from ..errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceError, Unavailable
 from ..jobs import JobRecords, JobRequest, JobStatus
 from ..metrics import NullMetrics
+from ..pipeline.invalid_field import InvalidField
 from ..pipeline.registry import CATALOG
 from ..pipeline.tasks import SOURCE_TASKS
 from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
 from ..sources import MAX_SOURCE_BYTES, SourceError, SourceInfo, SourceLibrary
 from ..storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageError
-from .planner import Planner, PlanningError
+from .planner import Planner
 
 JOB_EVENTS_KEEPALIVE_S = 15.0
 JOB_STATUS_TIMEOUT_S = 5.0
@@ -76,11 +77,11 @@ class Frontend:
     def plan(self, request: GenerateRequest, source: SourceInfo | None = None) -> GenerationPlan:
         try:
             plan = self.planner.plan(request, new_request_id(), source)
-        except PlanningError as exc:
-            raise InvalidRequest.for_field(exc.field, exc.message) from None
-        if plan.output.name is not None and self._is_job_key(plan.output.name):
-            field = "output_path" if request.output_path is not None else "output_name"
-            raise InvalidRequest.for_field(field, f"'{self.jobs_prefix}/' is reserved for job records")
+            if plan.output.name is not None and self._is_job_key(plan.output.name):
+                field = "output_path" if request.output_path is not None else "output_name"
+                raise InvalidField(field, f"'{self.jobs_prefix}/' is reserved for job records")
+        except InvalidField as exc:
+            raise InvalidRequest.from_field(exc) from None
         return plan
 
     def _is_job_key(self, key: str) -> bool:
@@ -117,7 +118,9 @@ class Frontend:
 
     async def _planned(self, route: str, request: GenerateRequest) -> GenerationPlan:
         try:
-            return self.plan(request, await self.probe_source(request))
+            # Off the event loop: counting lyric tokens is CPU work, other requests keep being served.
+            source = await self.probe_source(request)
+            return await asyncio.to_thread(self.plan, request, source)
         except ServiceError as exc:
             # Label with what was resolved, never with client strings (each would be a new series).
             self.metrics.request_finished(route, exc.status, "invalid", "invalid")
@@ -141,21 +144,7 @@ class Frontend:
 
     def models(self) -> list[ModelInfo]:
         served = set(self.planner.served_models)
-        return [
-            ModelInfo(
-                name=spec.name,
-                family=spec.family,
-                description=spec.description,
-                repo_id=spec.repo_id,
-                min_duration_s=spec.min_duration_s,
-                max_duration_s=spec.max_duration_s,
-                supported_erg=sorted(spec.supported_erg),
-                guidance_distilled=spec.guidance_distilled,
-                defaults=dict(spec.defaults),
-                served=spec.name in served,
-            )
-            for spec in CATALOG.values()
-        ]
+        return [ModelInfo.from_spec(spec, served=spec.name in served) for spec in CATALOG.values()]
 
     async def health(self) -> dict[str, Any]:
         generator_ready = await self.generator.ready()

@@ -16,21 +16,22 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..audio import file_extension, resolve_mp3_bitrate
+from ..pipeline.invalid_field import InvalidField
 from ..pipeline.registry import CATALOG, ModelSpec
 from ..pipeline.settings import (
-    ACESTEP_DEFAULTS,
     SOURCE_SAMPLE_RATE,
     GenerationParams,
     GuidanceWindow,
-    SettingsError,
     check_supported,
     is_guided,
+    model_defaults,
     uses_double_guidance,
 )
 from ..pipeline.tasks import RETAKE_SEED_TASKS, SOURCE_TASKS, output_duration
 from ..schemas import GenerateRequest, GenerationPlan, Output, ParamWarning
 from ..sources import SourceInfo
 from ..storage import split_output_name, validate_output_name
+from .lyric_limits import LyricLimits
 from .presets import Preset, PresetBook
 
 DEFAULT_FORMAT = "wav"
@@ -69,17 +70,16 @@ GUIDANCE_FIELDS = (
 )
 
 
-class PlanningError(ValueError):
-    """A request that cannot be honoured, naming the field at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
 class Planner:
-    def __init__(self, presets: PresetBook, served_models: Collection[str], default_model: str) -> None:
+    def __init__(
+        self,
+        presets: PresetBook,
+        served_models: Collection[str],
+        default_model: str,
+        *,
+        compile_allowed: bool = False,
+    ) -> None:
+        """``compile_allowed``: the operator's ``torch_compile`` setting lets a request run the compiled denoiser."""
         unknown = set(served_models) - set(CATALOG)
         if unknown:
             raise ValueError(f"served models not in the catalog: {sorted(unknown)}")
@@ -88,6 +88,8 @@ class Planner:
         self.presets = presets
         self.served_models = tuple(served_models)
         self.default_model = default_model
+        self.compile_allowed = compile_allowed
+        self.lyric_limits = LyricLimits()
 
     def plan(self, request: GenerateRequest, request_id: str, source: SourceInfo | None = None) -> GenerationPlan:
         """``source``: what the ingress measured of ``request.source`` (for the audio-in tasks)."""
@@ -99,17 +101,18 @@ class Planner:
             if getattr(request, name) is not None
         }
         preset_params = dict(preset.params) if preset else {}
-        values: dict[str, Any] = {**ACESTEP_DEFAULTS, **spec.defaults, **preset_params, **given}
+        values: dict[str, Any] = {**model_defaults(spec), **preset_params, **given}
         values["model"] = spec.name
         values["actual_seeds"] = self._seeds(request)
         task = values.get("task", "text2music")
         if task not in spec.tasks:
-            raise PlanningError("task", f"{spec.name} offers the tasks {', '.join(spec.tasks)}, not {task}")
+            raise InvalidField("task", f"{spec.name} offers the tasks {', '.join(spec.tasks)}, not {task}")
         values["retake_seeds"] = self._retake_seeds(request, task, len(values["actual_seeds"]))
         if task in SOURCE_TASKS:
             self._resolve_source(values, task, request, source, spec)
+            self.lyric_limits.check(spec, values.get("edit_target_lyrics") or "")
         elif request.source is not None:
-            raise PlanningError("source", f"task {task} takes no source audio")
+            raise InvalidField("source", f"task {task} takes no source audio")
         if values["oss_steps"]:
             # ACE-Step runs oss_steps as a subset of a max(oss_steps)-step schedule.
             values["infer_step"] = max(values["oss_steps"])
@@ -122,11 +125,16 @@ class Planner:
         except ValidationError as exc:
             error = exc.errors()[0]
             field = str(error["loc"][0]) if error["loc"] else "request"
-            raise PlanningError(field, _with_source(error["msg"], source(field))) from None
+            raise InvalidField(field, error["msg"]).citing(source(field)) from None
         try:
             check_supported(params.batch_settings(), spec)
-        except SettingsError as exc:
-            raise PlanningError(exc.field, _with_source(exc.reason, source(exc.field))) from None
+        except InvalidField as exc:
+            raise exc.citing(source(exc.field)) from None
+        if params.torch_compile and not self.compile_allowed:
+            raise InvalidField(
+                "torch_compile", "compilation is off on this server (an operator setting); leave it false"
+            ).citing(source("torch_compile"))
+        self.lyric_limits.check(spec, params.lyrics)
 
         return GenerationPlan(
             request_id=request_id,
@@ -139,7 +147,7 @@ class Planner:
     def _model(self, name: str | None) -> ModelSpec:
         name = name or self.default_model
         if name not in self.served_models:
-            raise PlanningError("model", f"unknown model {name!r}; served models: {', '.join(self.served_models)}")
+            raise InvalidField("model", f"unknown model {name!r}; served models: {', '.join(self.served_models)}")
         return CATALOG[name]
 
     def _preset(self, name: str | None) -> Preset | None:
@@ -148,7 +156,7 @@ class Planner:
         try:
             return self.presets.get(name)
         except KeyError:
-            raise PlanningError(
+            raise InvalidField(
                 "preset", f"unknown preset {name!r}; known presets: {', '.join(self.presets.names())}"
             ) from None
 
@@ -158,9 +166,9 @@ class Planner:
         if seeds is None:
             return tuple(secrets.randbelow(2**32) for _ in range(request.batch_size or 1))
         if request.batch_size is not None and request.batch_size != len(seeds):
-            raise PlanningError("batch_size", f"is {request.batch_size} but actual_seeds has {len(seeds)} seeds")
+            raise InvalidField("batch_size", f"is {request.batch_size} but actual_seeds has {len(seeds)} seeds")
         if len(set(seeds)) != len(seeds):
-            raise PlanningError("actual_seeds", "seeds must be distinct: the same seed gives the same audio")
+            raise InvalidField("actual_seeds", "seeds must be distinct: the same seed gives the same audio")
         return tuple(seeds)
 
     @staticmethod
@@ -169,28 +177,28 @@ class Planner:
         seeds = request.retake_seeds
         if task not in RETAKE_SEED_TASKS:
             return ()
-        if seeds is None:
+        if not seeds:
             return tuple(secrets.randbelow(2**32) for _ in range(count))
         if len(seeds) > count:
-            raise PlanningError("retake_seeds", f"has {len(seeds)} seeds for {count} outputs")
+            raise InvalidField("retake_seeds", f"has {len(seeds)} seeds for {count} outputs")
         return tuple(seeds) + (seeds[-1],) * (count - len(seeds))
 
     @staticmethod
     def _resolve_source(values: dict, task: str, request: GenerateRequest, source: SourceInfo | None, spec) -> None:
         if request.source is None:
-            raise PlanningError("source", f"task {task} needs source audio: an output key or an upload's key")
+            raise InvalidField("source", f"task {task} needs source audio: an output key or an upload's key")
         if source is None or source.key != request.source.key:
-            raise PlanningError("source", "the source was not read; retry")
+            raise InvalidField("source", "the source was not read; retry")
         if request.audio_duration is not None:
-            raise PlanningError("audio_duration", f"is set by the source for task {task}; leave it out")
+            raise InvalidField("audio_duration", f"is set by the source for task {task}; leave it out")
         values["source_samples"] = source.samples_at(SOURCE_SAMPLE_RATE)
         source_seconds = values["source_samples"] / SOURCE_SAMPLE_RATE
         if source_seconds > spec.max_duration_s:
-            raise PlanningError(
+            raise InvalidField(
                 "source", f"is {source_seconds:.1f} s long; {spec.name} takes at most {spec.max_duration_s:g} s"
             )
         if source_seconds < spec.min_duration_s:
-            raise PlanningError(
+            raise InvalidField(
                 "source", f"is {source_seconds:.2f} s long; {spec.name} needs at least {spec.min_duration_s:g} s"
             )
         task_settings = GenerationParams.model_construct(**{**values, "task": task}).task_settings()
@@ -205,9 +213,9 @@ class Planner:
             try:
                 bitrate = resolve_mp3_bitrate(sample_rate, request.mp3_bitrate_kbps)
             except ValueError as exc:
-                raise PlanningError("mp3_bitrate_kbps", str(exc)) from None
+                raise InvalidField("mp3_bitrate_kbps", str(exc)) from None
         elif request.mp3_bitrate_kbps is not None:
-            raise PlanningError("mp3_bitrate_kbps", f"applies to format mp3 only, not {fmt}")
+            raise InvalidField("mp3_bitrate_kbps", f"applies to format mp3 only, not {fmt}")
 
         name_field = "output_path" if request.output_path is not None else "output_name"
         name = getattr(request, name_field)
@@ -215,13 +223,9 @@ class Planner:
             try:
                 name = validate_output_name(name)
                 split_output_name(name, file_extension(fmt))
-            except ValueError as exc:
-                raise PlanningError(name_field, str(exc).removeprefix("output_name ")) from None
+            except InvalidField as exc:
+                raise exc.renamed(name_field) from None
         return Output(format=fmt, mp3_bitrate_kbps=bitrate, sample_rate=sample_rate, name=name)
-
-
-def _with_source(message: str, source: str | None) -> str:
-    return f"{message} (value from {source})" if source else message
 
 
 def inert_parameter_warnings(params: GenerationParams, given: Mapping[str, Any]) -> list[ParamWarning]:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from ..errors import Conflict, ServiceError, Unavailable
-from ..progress import GenerationCancelled, Progress
+from ..progress import STAGE_ORDER, GenerationCancelled, Progress
 from ..schemas import GenerateResponse, GenerationPlan
 from ..storage import StorageError
 from .models import ItemProgress, JobError, JobProgress, JobRecord, JobStatus, WebhookDelivery
@@ -32,8 +32,6 @@ from .records import JobNotFound, JobRecords
 from .webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
-
-STAGE_ORDER = {"queued": 0, "running": 1, "encoding": 2, "done": 3}
 
 
 class JobStream(Protocol):

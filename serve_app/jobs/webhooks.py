@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from ..pipeline.invalid_field import InvalidField
+
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
@@ -43,15 +45,15 @@ class DeliveryOutcome:
 
 
 def parse_webhook_url(value: str) -> httpx.URL:
-    """The URL if it is an absolute http(s) URL httpx can send to; ``ValueError`` saying why not."""
+    """The URL if it is an absolute http(s) URL httpx can send to; ``InvalidField`` saying why not."""
     try:
         url = httpx.URL(value)
     except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
-        raise ValueError(f"is not a valid URL ({exc})") from None
+        raise InvalidField("webhook_url", f"is not a valid URL ({exc})") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("must be an absolute http:// or https:// URL")
+        raise InvalidField("webhook_url", "must be an absolute http:// or https:// URL")
     if url.port is not None and not 0 < url.port < 65536:
-        raise ValueError(f"has port {url.port}, outside 1-65535")
+        raise InvalidField("webhook_url", f"has port {url.port}, outside 1-65535")
     return url
 
 

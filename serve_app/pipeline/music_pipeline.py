@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
+from .invalid_field import InvalidField
 from .protocol import MusicModel
 from .registry import get_spec, load_model
 from .sampler import Sampler, StepCallback
-from .settings import BatchSettings, ItemSettings, SettingsError, check_supported, is_guided
+from .settings import BatchSettings, GenerationParams, ItemSettings, check_supported, model_defaults
 from .tasks import SOURCE_TASKS
 
 ModelLoader = Callable[[str, torch.device, torch.dtype], MusicModel]
@@ -81,7 +82,7 @@ class MusicPipeline:
         """Refuse a batch before any tensor is made."""
         check_supported(settings, self.spec)
         if not items:
-            raise SettingsError("actual_seeds", "a batch needs at least one item")
+            raise InvalidField("actual_seeds", "a batch needs at least one item")
 
     def __call__(
         self,
@@ -94,7 +95,7 @@ class MusicPipeline:
         ``(channels, samples)`` at the model's sample rate (items may share one tensor)."""
         self.check_inputs(settings, items)
         if settings.task.task in SOURCE_TASKS and (sources is None or len(sources) != len(items)):
-            raise SettingsError("source", f"task {settings.task.task} needs one source per item")
+            raise InvalidField("source", f"task {settings.task.task} needs one source per item")
         model = self.model(settings.bf16)
         outputs = [ItemOutput(seed=item.seed) for item in items]
         timings: dict[str, float] = {}
@@ -137,14 +138,14 @@ class MusicPipeline:
     def _encode_sources(model: MusicModel, settings: BatchSettings, sources: Sequence[torch.Tensor]) -> torch.Tensor:
         """Source latents, one row per item; a tensor shared by several items is encoded once."""
         if not hasattr(model, "encode_audio"):
-            raise SettingsError("task", f"{model.family} cannot encode source audio")
+            raise InvalidField("task", f"{model.family} cannot encode source audio")
         encoded: dict[int, torch.Tensor] = {}
         for waveform in sources:
             if id(waveform) not in encoded:
                 encoded[id(waveform)] = model.encode_audio(waveform)
         latents = torch.cat([encoded[id(waveform)] for waveform in sources])
         if latents.shape[-1] != settings.task.source_frames:
-            raise SettingsError(
+            raise InvalidField(
                 "source",
                 f"the source encodes to {latents.shape[-1]} frames, the batch expects {settings.task.source_frames}",
             )
@@ -152,33 +153,22 @@ class MusicPipeline:
 
     def warmup(self, bf16: bool, torch_compile: bool = False) -> None:
         """One short generation, so the first request does not pay for lazy
-        initialisation (kernels, allocator, compilation)."""
-        guidance_scale = self.spec.defaults.get("guidance_scale", 2.0)
-        settings = BatchSettings(
-            model=self.spec.name,
-            audio_duration=min(2.0, self.spec.max_duration_s),
-            infer_step=2,
-            scheduler_type="euler",
-            oss_steps=(),
-            cfg_type="apg",
-            guidance_interval=1.0,
-            guided=is_guided(guidance_scale),
-            double_guidance=False,
-            use_erg_tag=False,
-            use_erg_lyric=False,
-            use_erg_diffusion=False,
-            bf16=bf16,
-            torch_compile=torch_compile,
+        initialisation (kernels, allocator, compilation): the model's defaults,
+        with every step guided when the model guides, at two steps and two seconds."""
+        params = GenerationParams(
+            **{
+                **model_defaults(self.spec),
+                "model": self.spec.name,
+                "prompt": "warmup",
+                "audio_duration": min(2.0, self.spec.max_duration_s),
+                "infer_step": 2,
+                "actual_seeds": (0,),
+                "guidance_interval": 1.0,
+                "use_erg_tag": False,
+                "use_erg_lyric": False,
+                "use_erg_diffusion": False,
+                "bf16": bf16,
+                "torch_compile": torch_compile,
+            }
         )
-        item = ItemSettings(
-            prompt="warmup",
-            lyrics="",
-            seed=0,
-            guidance_scale=guidance_scale,
-            omega_scale=10.0,
-            guidance_interval_decay=0.0,
-            min_guidance_scale=3.0,
-            guidance_scale_text=0.0,
-            guidance_scale_lyric=0.0,
-        )
-        self(settings, [item])
+        self(params.batch_settings(), params.items())

@@ -34,6 +34,13 @@ ALL_ERG = frozenset({"tag", "lyric", "diffusion"})
 # duration rounds to zero output samples; one second stays well clear of that.
 MIN_DURATION_S = 1.0
 
+# Lyric tokens a model reads. ACE-Step v1 was trained on lyrics cut to 4096 tokens
+# (upstream's text2music_dataset), inside the 5000 positions its Conformer's relative
+# position table is built for. ACE-Step 1.5 encodes at most 2048 lyric tokens
+# (diffusers' AceStepPipeline, max_lyric_length) and cuts the rest.
+V1_MAX_LYRIC_TOKENS = 4096
+V15_MAX_LYRIC_TOKENS = 2048
+
 
 class ModelUnavailableError(RuntimeError):
     """The weights are not on disk and cannot be downloaded."""
@@ -50,6 +57,8 @@ class ModelSpec:
     min_duration_s: float
     max_duration_s: float
     supported_erg: frozenset[str]
+    max_lyric_tokens: int
+    """Lyric tokens the model reads; longer lyrics are refused before any GPU work."""
     defaults: Mapping[str, Any] = field(default_factory=dict)
     """Parameter defaults that differ from the ACE-Step v1 defaults for this model."""
     guidance_distilled: bool = False
@@ -82,6 +91,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 min_duration_s=MIN_DURATION_S,
                 max_duration_s=240.0,
                 supported_erg=ALL_ERG,
+                max_lyric_tokens=V1_MAX_LYRIC_TOKENS,
                 tasks=TASKS,
             ),
             ModelSpec(
@@ -92,6 +102,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 min_duration_s=MIN_DURATION_S,
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
+                max_lyric_tokens=V15_MAX_LYRIC_TOKENS,
                 defaults={**_V15_TURBO_DEFAULTS, **_NO_ERG},
                 guidance_distilled=True,
             ),
@@ -103,6 +114,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 min_duration_s=MIN_DURATION_S,
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
+                max_lyric_tokens=V15_MAX_LYRIC_TOKENS,
                 defaults={**_V15_GUIDED_DEFAULTS, **_NO_ERG},
             ),
             ModelSpec(
@@ -113,6 +125,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 min_duration_s=MIN_DURATION_S,
                 max_duration_s=240.0,
                 supported_erg=ALL_ERG,
+                max_lyric_tokens=V1_MAX_LYRIC_TOKENS,
                 tasks=TASKS,
                 tiny=True,
             ),
@@ -124,6 +137,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 min_duration_s=MIN_DURATION_S,
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
+                max_lyric_tokens=V15_MAX_LYRIC_TOKENS,
                 defaults={**_V15_GUIDED_DEFAULTS, **_NO_ERG},
                 tiny=True,
             ),
@@ -135,6 +149,7 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
                 min_duration_s=MIN_DURATION_S,
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
+                max_lyric_tokens=V15_MAX_LYRIC_TOKENS,
                 defaults={**_V15_TURBO_DEFAULTS, **_NO_ERG},
                 guidance_distilled=True,
                 tiny=True,
@@ -158,14 +173,15 @@ def models_dir() -> Path:
     return Path.home() / ".cache" / "ace-step-serve" / "models"
 
 
-def _family_module(spec: ModelSpec):
+def family_module(spec: ModelSpec):
+    """The subpackage implementing ``spec`` (cheap to import: it loads torch only when used)."""
     return importlib.import_module(f"{__package__}.{spec.family}")
 
 
 def checkpoint_dir(spec: ModelSpec, root: Path | None = None) -> Path:
     """Local checkpoint folder for ``spec``, fetched or written when missing."""
     target = (root or models_dir()) / spec.name
-    family = _family_module(spec)
+    family = family_module(spec)
     if family.is_complete_checkpoint(target):
         return target
     if spec.tiny:
@@ -200,4 +216,4 @@ def load_model(name: str, device: torch.device | str, dtype: torch.dtype, root: 
 
     spec = get_spec(name)
     path = checkpoint_dir(spec, root)
-    return _family_module(spec).load(path, device=torch.device(device), dtype=dtype, spec=spec)
+    return family_module(spec).load(path, device=torch.device(device), dtype=dtype, spec=spec)

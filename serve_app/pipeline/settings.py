@@ -9,11 +9,12 @@ can resolve and key requests without loading a model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Literal
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .invalid_field import InvalidField
 from .tasks import SOURCE_TASKS, Task, TaskSettings, frames_at, source_frames, task_problems
 
 if TYPE_CHECKING:
@@ -24,30 +25,42 @@ if TYPE_CHECKING:
 SchedulerType = Literal["euler", "heun", "pingpong"]
 CfgType = Literal["apg", "cfg", "cfg_star"]
 
+# The sampling parameters, defined once: ``GenerationParams`` below takes them resolved,
+# the request schema (``serve_app.schemas.GenerateRequest``) takes each as optional with
+# the same type, range and description. Numbers are strict: JSON ``true`` is not 1.
 # Ranges follow the ACE-Step v1 UI's controls (acestep/ui/components.py).
 MAX_INFER_STEP = 200
-InferStep = Annotated[int, Field(ge=1, le=MAX_INFER_STEP, description="Diffusion steps.")]
+InferStep = Annotated[int, Field(strict=True, ge=1, le=MAX_INFER_STEP, description="Diffusion steps.")]
 GuidanceScale = Annotated[
-    float, Field(ge=0.0, le=30.0, description="Classifier-free guidance scale; 0 or 1 disables guidance.")
+    float,
+    Field(strict=True, ge=0.0, le=30.0, description="Classifier-free guidance scale; 0 or 1 disables guidance."),
 ]
 DoubleGuidanceScale = Annotated[
     float,
-    Field(ge=0.0, le=10.0, description="Double-condition guidance; active when both text and lyric scales exceed 1."),
+    Field(strict=True, ge=0.0, le=10.0),
 ]
 OmegaScale = Annotated[
-    float, Field(ge=-100.0, le=100.0, description="Granularity: scales the zero-mean part of each euler/heun update.")
+    float,
+    Field(
+        strict=True,
+        ge=-100.0,
+        le=100.0,
+        description="Granularity: scales the zero-mean part of each euler/heun update.",
+    ),
 ]
-UnitInterval = Annotated[float, Field(ge=0.0, le=1.0)]
-MinGuidanceScale = Annotated[float, Field(ge=0.0, le=200.0)]
-Seed = Annotated[int, Field(ge=0, lt=2**32, description="Seed of one output; each seed is one batch item.")]
+UnitInterval = Annotated[float, Field(strict=True, ge=0.0, le=1.0)]
+MinGuidanceScale = Annotated[float, Field(strict=True, ge=0.0, le=200.0)]
+Seed = Annotated[
+    int, Field(strict=True, ge=0, lt=2**32, description="Seed of one output; each seed is one batch item.")
+]
 # oss_steps index a max(oss_steps)-step schedule, so they share infer_step's limit.
-OssStep = Annotated[int, Field(ge=1, le=MAX_INFER_STEP)]
+OssStep = Annotated[int, Field(strict=True, ge=1, le=MAX_INFER_STEP)]
 
 MAX_SEEDS_PER_REQUEST = 8
 SOURCE_SAMPLE_RATE = 48000
 """Rate at which a source's length is counted (``source_samples``): the v1 codec's input rate."""
 TimeInSeconds = Annotated[float, Field(ge=-600.0, le=1200.0)]
-EditAverages = Annotated[int, Field(ge=1, le=10, description="Noise draws averaged per edit step.")]
+EditAverages = Annotated[int, Field(strict=True, ge=1, le=10)]
 
 
 class SourceRef(BaseModel):
@@ -55,7 +68,7 @@ class SourceRef(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    key: str = Field(min_length=1, max_length=512)
+    key: str = Field(min_length=1, max_length=512, description="An output's key or an upload's key.")
 
 
 # ACE-Step v1's own defaults (``ACEStepPipeline.__call__``), except the
@@ -80,6 +93,11 @@ ACESTEP_DEFAULTS = {
     "bf16": True,
     "torch_compile": False,
 }
+
+
+def model_defaults(spec: ModelSpec) -> dict[str, Any]:
+    """Every default for ``spec``: ACE-Step's, overridden by the model's own."""
+    return {**ACESTEP_DEFAULTS, **spec.defaults}
 
 
 def is_guided(guidance_scale: float) -> bool:
@@ -189,40 +207,61 @@ class GenerationParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str
-    audio_duration: float = Field(gt=0.0)
+    audio_duration: float = Field(strict=True, gt=0.0)
     prompt: str
     lyrics: str
     infer_step: InferStep
     guidance_scale: GuidanceScale
-    scheduler_type: SchedulerType
-    cfg_type: CfgType
+    scheduler_type: SchedulerType = Field(description="Update rule.")
+    cfg_type: CfgType = Field(description="How the guided and unguided predictions combine.")
     omega_scale: OmegaScale
     actual_seeds: tuple[Seed, ...] = Field(min_length=1, max_length=MAX_SEEDS_PER_REQUEST)
     oss_steps: tuple[OssStep, ...] = ()
-    guidance_interval: UnitInterval
-    guidance_interval_decay: UnitInterval
-    min_guidance_scale: MinGuidanceScale
-    use_erg_tag: bool
-    use_erg_lyric: bool
-    use_erg_diffusion: bool
-    guidance_scale_text: DoubleGuidanceScale
-    guidance_scale_lyric: DoubleGuidanceScale
-    bf16: bool
-    torch_compile: bool
-    task: Task = "text2music"
-    source: SourceRef | None = None
+    guidance_interval: UnitInterval = Field(
+        description="Fraction of the steps, centred on the trajectory, that are guided."
+    )
+    guidance_interval_decay: UnitInterval = Field(
+        description="How far the guidance scale decays toward min_guidance_scale across the interval."
+    )
+    min_guidance_scale: MinGuidanceScale = Field(description="The scale the decay heads for.")
+    use_erg_tag: bool = Field(description="Entropy-rectifying guidance on the text encoder (ACE-Step v1).")
+    use_erg_lyric: bool = Field(description="Entropy-rectifying guidance on the lyric encoder (ACE-Step v1).")
+    use_erg_diffusion: bool = Field(description="Entropy-rectifying guidance in the denoiser (ACE-Step v1).")
+    guidance_scale_text: DoubleGuidanceScale = Field(
+        description="Double-condition guidance, text strength; active when both it and guidance_scale_lyric exceed 1."
+    )
+    guidance_scale_lyric: DoubleGuidanceScale = Field(description="Double-condition guidance, lyric strength.")
+    bf16: bool = Field(description="bfloat16 weights (false: float32).")
+    torch_compile: bool = Field(
+        description="Run the torch.compile'd denoiser; only where the server's torch_compile setting allows it."
+    )
+    task: Task = Field(default="text2music", description="text2music, retake, repaint, extend, edit or audio2audio.")
+    source: SourceRef | None = Field(
+        default=None,
+        description="Source audio of repaint, extend, edit and audio2audio: an output's or an upload's key.",
+    )
     source_samples: int = Field(default=0, ge=0)
     """The source's length at ``SOURCE_SAMPLE_RATE``, measured when planning (not a request field)."""
-    retake_seeds: tuple[Seed, ...] = ()
-    retake_variance: UnitInterval = 0.5
-    repaint_start: TimeInSeconds = 0.0
-    repaint_end: TimeInSeconds = 0.0
-    ref_audio_strength: UnitInterval = 0.5
-    edit_target_prompt: str | None = None
-    edit_target_lyrics: str | None = None
-    edit_n_min: UnitInterval = 0.0
-    edit_n_max: UnitInterval = 1.0
-    edit_n_avg: EditAverages = 1
+    retake_seeds: tuple[Seed, ...] = Field(
+        default=(),
+        max_length=MAX_SEEDS_PER_REQUEST,
+        description="Second noise of retake, repaint and extend (all of edit's noise), one per output; drawn when absent.",
+    )
+    retake_variance: UnitInterval = Field(default=0.5, description="How far retake, repaint and extend move away.")
+    repaint_start: TimeInSeconds = Field(default=0.0, description="Seconds; below 0 extend adds audio before.")
+    repaint_end: TimeInSeconds = Field(
+        default=0.0, description="Seconds; past the source's end extend adds audio after."
+    )
+    ref_audio_strength: UnitInterval = Field(default=0.5, description="audio2audio: how much of the source stays.")
+    edit_target_prompt: str | None = Field(
+        default=None, max_length=2000, description="edit: the prompt to move towards (default: prompt)."
+    )
+    edit_target_lyrics: str | None = Field(
+        default=None, max_length=10000, description="edit: the lyrics to move towards (default: lyrics)."
+    )
+    edit_n_min: UnitInterval = Field(default=0.0, description="edit: fraction of the steps skipped at the start.")
+    edit_n_max: UnitInterval = Field(default=1.0, description="edit: fraction of the steps after which it samples.")
+    edit_n_avg: EditAverages = Field(default=1, description="edit: noise draws averaged per step.")
 
     def request_fields(self) -> dict:
         """The parameters as request fields (JSON-ready): posting them repeats the request
@@ -230,8 +269,6 @@ class GenerationParams(BaseModel):
         fields = self.model_dump(mode="json", exclude={"source_samples"})
         if self.task in SOURCE_TASKS:
             del fields["audio_duration"]
-        if not self.retake_seeds:
-            del fields["retake_seeds"]  # the task draws none
         return fields
 
     def task_settings(self) -> TaskSettings:
@@ -251,86 +288,64 @@ class GenerationParams(BaseModel):
 
     def batch_settings(self) -> BatchSettings:
         return BatchSettings(
-            model=self.model,
-            audio_duration=self.audio_duration,
-            infer_step=self.infer_step,
-            scheduler_type=self.scheduler_type,
-            oss_steps=self.oss_steps,
-            cfg_type=self.cfg_type,
-            guidance_interval=self.guidance_interval,
+            **{name: getattr(self, name) for name in _BATCH_FIELDS},
             guided=is_guided(self.guidance_scale),
             double_guidance=uses_double_guidance(self.guidance_scale_text, self.guidance_scale_lyric),
-            use_erg_tag=self.use_erg_tag,
-            use_erg_lyric=self.use_erg_lyric,
-            use_erg_diffusion=self.use_erg_diffusion,
-            bf16=self.bf16,
-            torch_compile=self.torch_compile,
             task=self.task_settings(),
         )
 
     def items(self) -> list[ItemSettings]:
+        shared = {name: getattr(self, name) for name in _ITEM_FIELDS}
+        targets = {
+            "edit_target_prompt": self.prompt if self.edit_target_prompt is None else self.edit_target_prompt,
+            "edit_target_lyrics": self.lyrics if self.edit_target_lyrics is None else self.edit_target_lyrics,
+        }
+        retake_seeds = self.retake_seeds or (0,) * len(self.actual_seeds)
         return [
-            ItemSettings(
-                prompt=self.prompt,
-                lyrics=self.lyrics,
-                seed=seed,
-                guidance_scale=self.guidance_scale,
-                omega_scale=self.omega_scale,
-                guidance_interval_decay=self.guidance_interval_decay,
-                min_guidance_scale=self.min_guidance_scale,
-                guidance_scale_text=self.guidance_scale_text,
-                guidance_scale_lyric=self.guidance_scale_lyric,
-                retake_seed=retake_seed,
-                edit_target_prompt=self.prompt if self.edit_target_prompt is None else self.edit_target_prompt,
-                edit_target_lyrics=self.lyrics if self.edit_target_lyrics is None else self.edit_target_lyrics,
-            )
-            for seed, retake_seed in zip(self.actual_seeds, self.retake_seeds or (0,) * len(self.actual_seeds))
+            ItemSettings(**shared, **targets, seed=seed, retake_seed=retake_seed)
+            for seed, retake_seed in zip(self.actual_seeds, retake_seeds)
         ]
 
 
-class SettingsError(ValueError):
-    """A parameter value that this model or this combination cannot honour."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
+# The settings taken from the parameters of the same name; the others are derived above.
+_DERIVED = {"task", "edit_target_prompt", "edit_target_lyrics"}
+_BATCH_FIELDS = tuple(f.name for f in fields(BatchSettings) if f.name in set(GenerationParams.model_fields) - _DERIVED)
+_ITEM_FIELDS = tuple(f.name for f in fields(ItemSettings) if f.name in set(GenerationParams.model_fields) - _DERIVED)
 
 
 def check_supported(settings: BatchSettings, spec: ModelSpec) -> None:
     """Refuse what the model cannot compute, rather than silently ignoring it."""
     if settings.model != spec.name:
-        raise SettingsError("model", f"settings are for {settings.model!r}, not {spec.name!r}")
+        raise InvalidField("model", f"settings are for {settings.model!r}, not {spec.name!r}")
     if settings.audio_duration < spec.min_duration_s:
-        raise SettingsError("audio_duration", f"{spec.name} generates at least {spec.min_duration_s:g} seconds")
+        raise InvalidField("audio_duration", f"{spec.name} generates at least {spec.min_duration_s:g} seconds")
     if settings.audio_duration > spec.max_duration_s:
-        raise SettingsError("audio_duration", f"{spec.name} generates at most {spec.max_duration_s:g} seconds")
+        raise InvalidField("audio_duration", f"{spec.name} generates at most {spec.max_duration_s:g} seconds")
     if settings.guided and spec.guidance_distilled:
-        raise SettingsError(
+        raise InvalidField(
             "guidance_scale",
             f"{spec.name} is guidance-distilled and samples without guidance; use guidance_scale 1 (or 0)",
         )
     for flag in ("tag", "lyric", "diffusion"):
         if getattr(settings, f"use_erg_{flag}") and flag not in spec.supported_erg:
-            raise SettingsError(
+            raise InvalidField(
                 f"use_erg_{flag}", f"{spec.name} does not support entropy-rectifying guidance; set it to false"
             )
     if settings.oss_steps:
         if list(settings.oss_steps) != sorted(set(settings.oss_steps)):
-            raise SettingsError("oss_steps", "steps must be strictly increasing")
+            raise InvalidField("oss_steps", "steps must be strictly increasing")
         if settings.scheduler_type == "heun":
-            raise SettingsError(
+            raise InvalidField(
                 "oss_steps", "ACE-Step defines oss_steps only for the euler and pingpong schedulers, not heun"
             )
         if settings.infer_step != max(settings.oss_steps):
-            raise SettingsError("infer_step", "with oss_steps, infer_step is max(oss_steps)")
+            raise InvalidField("infer_step", "with oss_steps, infer_step is max(oss_steps)")
     task = settings.task
     if task.task not in spec.tasks:
-        raise SettingsError("task", f"{spec.name} offers the tasks {', '.join(spec.tasks)}, not {task.task}")
-    max_frames = frames_at(spec.max_duration_s)
-    for field, reason in task_problems(task, settings.infer_step, max_frames):
-        raise SettingsError(field, reason)
+        raise InvalidField("task", f"{spec.name} offers the tasks {', '.join(spec.tasks)}, not {task.task}")
+    for field, reason in task_problems(task, settings.infer_step, frames_at(spec.max_duration_s)):
+        raise InvalidField(field, reason)
     if task.task in ("edit", "audio2audio") and settings.oss_steps:
-        raise SettingsError("oss_steps", f"{task.task} runs its own schedule; oss_steps cannot be combined with it")
+        raise InvalidField("oss_steps", f"{task.task} runs its own schedule; oss_steps cannot be combined with it")
     if task.task == "edit" and settings.scheduler_type != "euler":
-        raise SettingsError("scheduler_type", "edit (flow-edit) steps with euler only")
+        raise InvalidField("scheduler_type", "edit (flow-edit) steps with euler only")

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .registry import CATALOG, MODELS_DIR_ENV, _family_module, get_spec, models_dir
+from .registry import CATALOG, MODELS_DIR_ENV, family_module, get_spec, models_dir
 
 
 def tiny_model_names() -> list[str]:
@@ -41,7 +41,7 @@ def write_tiny_checkpoint(model_name: str, path: Path) -> Path:
             f"tiny models: {', '.join(tiny_model_names())}"
         )
     path = Path(path)
-    family = _family_module(spec)
+    family = family_module(spec)
     if family.is_complete_checkpoint(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,17 +6,21 @@ by the submodules, which load only when a function below is called.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..registry import models_dir
 from .checkpoint import is_complete_checkpoint, write_tiny_checkpoint
 
 if TYPE_CHECKING:
     import torch
 
+    from ..registry import ModelSpec
+    from .lyrics import LyricTokenizer
     from .model import AceStepV1Model
 
-__all__ = ["build_random", "is_complete_checkpoint", "load", "write_tiny_checkpoint"]
+__all__ = ["build_random", "is_complete_checkpoint", "load", "lyric_tokenizer", "write_tiny_checkpoint"]
 
 
 def load(path: Path, *, device: torch.device, dtype: torch.dtype, spec=None) -> AceStepV1Model:
@@ -31,3 +35,15 @@ def build_random(*, device, dtype, size: str = "tiny") -> AceStepV1Model:
     from .model import build_random as _build_random
 
     return _build_random(device=device, dtype=dtype, size=size)
+
+
+def lyric_tokenizer(spec: ModelSpec) -> LyricTokenizer:
+    """The lyric tokenizer ``load`` gives the model, without torch or weights: the ingress
+    counts lyric tokens with it. Raises ``VocabularyUnavailableError`` when the
+    vocabulary is neither on disk nor downloadable."""
+    from .lyrics import LyricTokenizer, resolve_vocab, write_tiny_vocab
+
+    if spec.tiny:
+        with tempfile.TemporaryDirectory() as scratch:
+            return LyricTokenizer.from_vocab_file(write_tiny_vocab(scratch))
+    return LyricTokenizer.from_vocab_file(resolve_vocab(models_dir() / spec.name))

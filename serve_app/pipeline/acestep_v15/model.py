@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..protocol import Branch, Conditioning, ErgFlags
+from ..registry import V15_MAX_LYRIC_TOKENS
 from ..schedules import AceStepV15Schedule
 from . import checkpoint
 
@@ -135,7 +136,7 @@ class AceStepV15Model:
     supported_erg: frozenset[str] = frozenset()
     vocal_language = "en"
     max_text_tokens = 256
-    max_lyric_tokens = 2048
+    max_lyric_tokens = V15_MAX_LYRIC_TOKENS
     compile_options: dict | None = None
     """Keyword arguments for ``torch.compile`` of the denoiser (tests pick a cheap backend)."""
 

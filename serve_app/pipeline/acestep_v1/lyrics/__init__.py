@@ -10,6 +10,7 @@ Importing this package is cheap: the language identifier, pinyin, romanisers and
 load on first use.
 """
 
+from .language import TooManyIdentifications
 from .tokenizer import SUPPORTED_LANGUAGES, LyricTokenizer
 from .vocab import CHECKPOINT_VOCAB, VocabularyUnavailableError, resolve_vocab, write_tiny_vocab
 
@@ -17,6 +18,7 @@ __all__ = [
     "CHECKPOINT_VOCAB",
     "SUPPORTED_LANGUAGES",
     "LyricTokenizer",
+    "TooManyIdentifications",
     "VocabularyUnavailableError",
     "resolve_vocab",
     "write_tiny_vocab",

@@ -137,11 +137,13 @@ _ORDINAL = {
         "ko": r"([0-9]+)(번째|번|차|째)",
     }.items()
 }
-# Applied in this order: pounds, dollars, euros.
+# Applied in this order: pounds, dollars, euros. Upstream writes the amount before a sign as
+# [0-9.,]*[0-9]+ (sign); [0-9.,]*[0-9] (sign) matches the same text without cubic backtracking
+# on a long run of digits.
 _CURRENCIES = (
-    ("GBP", re.compile(r"((£[0-9\.\,]*[0-9]+)|([0-9\.\,]*[0-9]+£))")),
-    ("USD", re.compile(r"((\$[0-9\.\,]*[0-9]+)|([0-9\.\,]*[0-9]+\$))")),
-    ("EUR", re.compile(r"(([0-9\.\,]*[0-9]+€)|((€[0-9\.\,]*[0-9]+)))")),
+    ("GBP", re.compile(r"((£[0-9\.\,]*[0-9]+)|([0-9\.\,]*[0-9]£))")),
+    ("USD", re.compile(r"((\$[0-9\.\,]*[0-9]+)|([0-9\.\,]*[0-9]\$))")),
+    ("EUR", re.compile(r"(([0-9\.\,]*[0-9]€)|((€[0-9\.\,]*[0-9]+)))")),
 )
 # Dropped from a whole-number amount: num2words says "twenty dollars, zero cents".
 _CENTS_JOINER = {"es": " con ", "fr": " et ", "de": " und ", "pt": " e ", "it": " e "}

@@ -13,8 +13,11 @@ every py3langid language allowed, the experimental Latin-script detection switch
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from .ssml import read_tag
 
@@ -145,14 +148,47 @@ def _identifier():
     return LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
 
 
+class TooManyIdentifications(Exception):
+    """The text needs more language identifications than the budget set for it."""
+
+
+# Identifications left to the text being tokenised (None: no budget). A piece of a line costs
+# one identification, about a millisecond: text cut into many pieces by digits, punctuation
+# or scripts would cost the ingress seconds, so a caller may bound them.
+_identifications_left: ContextVar[int | None] = ContextVar("identifications_left", default=None)
+
+
+@contextmanager
+def identification_budget(identifications: int) -> Iterator[None]:
+    """Within the block, ``line_language`` raises ``TooManyIdentifications`` past ``identifications`` calls."""
+    token = _identifications_left.set(identifications)
+    try:
+        yield
+    finally:
+        _identifications_left.reset(token)
+
+
 def _classify(text: str) -> tuple[str, float]:
+    left = _identifications_left.get()
+    if left is not None:
+        if left <= 0:
+            raise TooManyIdentifications
+        _identifications_left.set(left - 1)
+    return _identify(text)
+
+
+@lru_cache(maxsize=4096)
+def _identify(text: str) -> tuple[str, float]:
+    # Memoised: a line of repeated pieces (hostile or not) pays py3langid once.
     language, probability = _identifier().classify(text)
     return language, round(float(probability), 3)
 
 
 def _squeeze(text: str) -> str:
     """Upstream's text for classification: punctuation runs to one space, repeated characters once."""
-    text = re.sub(r"(.*?)([^\w]+)", r"\1 ", text)
+    # Upstream writes this as (.*?)([^\w]+) -> "\1 ", the same replacement but quadratic in
+    # the length of a run of word characters.
+    text = re.sub(r"[^\w]+", " ", text)
     return re.sub(r"(.)\1+", r"\1", text).strip()
 
 
@@ -394,6 +430,8 @@ def line_language(line: str) -> str:
     """The language code upstream's ``get_lang`` gives ``line``; "en" when the segmenter fails."""
     try:
         counts = language_counts(line)
+    except TooManyIdentifications:
+        raise
     except Exception:  # upstream's segmenter raises on some inputs and falls back to English
         return "en"
     language = counts[0][0]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .cleaners import normalize
-from .language import line_language
+from .language import identification_budget, line_language
 from .vocab import LANGUAGE_TOKENS, LINE_BREAK_ID, LINE_BREAK_TOKEN, START_ID, START_TOKEN, UNKNOWN_TOKEN
 
 if TYPE_CHECKING:
@@ -60,26 +61,42 @@ class LyricTokenizer:
         A line that cannot be normalised (a transliterator failing on unusual characters)
         is left out, as upstream leaves it out, with a warning naming it.
         """
+        return [token for ids in self._pieces(lyrics) for token in ids]
+
+    def count(self, lyrics: str, stop_above: int, max_identifications: int) -> int:
+        """How many ids ``lyrics`` has, counting only until the count passes ``stop_above``:
+        a text far over a model's limit costs no more to refuse than one just over it.
+        Raises ``TooManyIdentifications`` when its lines need more than ``max_identifications``
+        language identifications (realistic lyrics need about one per ten ids)."""
+        total = 0
+        with identification_budget(max_identifications):
+            for ids in self._pieces(lyrics):
+                total += len(ids)
+                if total > stop_above:
+                    break
+        return total
+
+    def _pieces(self, lyrics: str) -> Iterator[list[int]]:
+        """The ids in order, a line at a time (the start id first)."""
         if not lyrics.strip():
-            return []
-        ids = [START_ID]
+            return
+        yield [START_ID]
         for number, line in enumerate(lyrics.split("\n"), start=1):
             line = line.strip()
             if not line:
-                ids.append(LINE_BREAK_ID)
+                yield [LINE_BREAK_ID]
                 continue
             language = "en" if STRUCTURE_TAG.match(line) else line_language(line)
             if language not in SUPPORTED_LANGUAGES:
                 language = "en"
             try:
-                ids += self.encode_line(line, language)
+                ids = self.encode_line(line, language)
             except Exception as error:
                 logger.warning(
                     "lyrics line %d %.80r (%s) left out: cannot normalise it: %s", number, line, language, error
                 )
                 continue
-            ids.append(LINE_BREAK_ID)
-        return ids
+            yield [*ids, LINE_BREAK_ID]
 
     def encode_line(self, line: str, language: str) -> list[int]:
         """Ids of one line in ``language`` (one of ``SUPPORTED_LANGUAGES``), without the line break."""
