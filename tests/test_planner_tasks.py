@@ -79,3 +79,10 @@ def test_the_batch_key_holds_the_task_and_its_shape(planner):
 def test_edit_targets_default_to_the_source_prompt_and_lyrics(planner):
     item = plan(planner, task="edit", source={"key": SOURCE.key}, lyrics="la la").params.items()[0]
     assert (item.edit_target_prompt, item.edit_target_lyrics) == ("synthwave", "la la")
+
+
+def test_a_guided_v15_model_refuses_a_scale_between_0_and_1(planner):
+    error = refused(planner, None, model=V15, guidance_scale=0.5)
+    assert error.field == "guidance_scale" and "above 1" in error.reason
+    assert plan(planner, None, model=V15, guidance_scale=1.0).params.batch_settings().guided is False
+    assert plan(planner, None, guidance_scale=0.5).params.batch_settings().guided  # v1 guides at 0.5, as upstream

@@ -22,6 +22,7 @@ from ..pipeline.settings import (
     SOURCE_SAMPLE_RATE,
     GenerationParams,
     GuidanceWindow,
+    check_item_supported,
     check_supported,
     is_guided,
     model_defaults,
@@ -128,6 +129,7 @@ class Planner:
             raise InvalidField(field, error["msg"]).citing(source(field)) from None
         try:
             check_supported(params.batch_settings(), spec)
+            check_item_supported(params.items()[0], spec)
         except InvalidField as exc:
             raise exc.citing(source(exc.field)) from None
         if params.torch_compile and not self.compile_allowed:

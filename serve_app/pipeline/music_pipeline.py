@@ -19,7 +19,14 @@ from .invalid_field import InvalidField
 from .protocol import MusicModel
 from .registry import get_spec, load_model
 from .sampler import Sampler, StepCallback
-from .settings import BatchSettings, GenerationParams, ItemSettings, check_supported, model_defaults
+from .settings import (
+    BatchSettings,
+    GenerationParams,
+    ItemSettings,
+    check_item_supported,
+    check_supported,
+    model_defaults,
+)
 from .tasks import SOURCE_TASKS
 
 ModelLoader = Callable[[str, torch.device, torch.dtype], MusicModel]
@@ -83,6 +90,8 @@ class MusicPipeline:
         check_supported(settings, self.spec)
         if not items:
             raise InvalidField("actual_seeds", "a batch needs at least one item")
+        for item in items:
+            check_item_supported(item, self.spec)
 
     def __call__(
         self,

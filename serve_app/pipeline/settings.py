@@ -313,6 +313,19 @@ _BATCH_FIELDS = tuple(f.name for f in fields(BatchSettings) if f.name in set(Gen
 _ITEM_FIELDS = tuple(f.name for f in fields(ItemSettings) if f.name in set(GenerationParams.model_fields) - _DERIVED)
 
 
+def check_item_supported(item: ItemSettings, spec: ModelSpec) -> None:
+    """Refuse per-item values the model family defines no behaviour for.
+
+    ACE-Step 1.5's reference (diffusers' ``AceStepPipeline``) guides only above
+    a scale of 1, while v1 guides at any scale but 0 and 1; a 1.5 scale in
+    (0, 1) would be a third behaviour, so it is refused rather than reinterpreted.
+    """
+    if spec.family == "acestep_v15" and 0.0 < item.guidance_scale < 1.0:
+        raise InvalidField(
+            "guidance_scale", f"{spec.name} guides only above 1; use 1 (or 0) for no guidance, or a scale above 1"
+        )
+
+
 def check_supported(settings: BatchSettings, spec: ModelSpec) -> None:
     """Refuse what the model cannot compute, rather than silently ignoring it."""
     if settings.model != spec.name:
