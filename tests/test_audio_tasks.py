@@ -185,6 +185,14 @@ def test_impossible_task_settings_are_refused_naming_the_field(pipeline, task, f
     assert caught.value.field == field
 
 
+def test_audio2audio_refuses_pingpong(pipeline):
+    settings = dataclasses.replace(
+        _params(scheduler_type="pingpong").batch_settings(), task=TaskSettings("audio2audio", 16)
+    )
+    with pytest.raises(InvalidField, match="pingpong"):
+        pipeline.check_inputs(settings, _params().items())
+
+
 def test_edit_refuses_other_schedulers(pipeline):
     settings = dataclasses.replace(
         _params(scheduler_type="heun").batch_settings(), task=TaskSettings("edit", 16, edit_n_max=1.0)

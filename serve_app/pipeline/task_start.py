@@ -27,15 +27,19 @@ from .steppers import Stepper
 from .tasks import TaskSettings
 
 
-def _noise(model: MusicModel, frames: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def _draw(shape: tuple[int, ...], generators: Sequence[torch.Generator]) -> torch.Tensor:
     # Drawn on the CPU in float32 so a seed gives the same noise on any device.
-    shape = (*model.latent_shape(1.0)[:-1], frames)
     return torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
+
+
+def _noise(model: MusicModel, frames: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Noise of ``frames`` latent frames for the audio-in tasks (ACE-Step v1: frames are the last axis)."""
+    return _draw((*model.latent_shape(1.0)[:-1], frames), generators)
 
 
 def initial_noise(model: MusicModel, settings: BatchSettings, generators: Sequence[torch.Generator]) -> torch.Tensor:
     """text2music's starting latents: one noise per item at the batch's duration."""
-    return _noise(model, model.latent_shape(settings.audio_duration)[-1], generators)
+    return _draw(model.latent_shape(settings.audio_duration), generators)
 
 
 def _mixed(noise: torch.Tensor, retake_noise: torch.Tensor, variance: float) -> torch.Tensor:
@@ -118,9 +122,8 @@ def task_start(
     if task.task == "text2music":
         return TaskStart(initial_noise(model, settings, generators))
     if task.task == "retake":
-        frames = model.latent_shape(settings.audio_duration)[-1]
-        noise, retake_noise = _noise(model, frames, generators), _noise(model, frames, retake_generators)
-        return TaskStart(_mixed(noise, retake_noise, task.retake_variance))
+        shape = model.latent_shape(settings.audio_duration)
+        return TaskStart(_mixed(_draw(shape, generators), _draw(shape, retake_generators), task.retake_variance))
     if source is None:
         raise ValueError(f"task {task.task} needs source latents")
     source = source.float().cpu()
