@@ -1,32 +1,110 @@
 """``build_app``: the import path named in ``serve_config.yaml`` and ``configs/serve_dev.yaml``.
 
-serve run configs/serve_dev.yaml            # this machine: CPU, tiny model, local store
-serve deploy serve_config.yaml              # GPU cluster: real weights, MinIO
+    serve run configs/serve_dev.yaml            # this machine: CPU, tiny model, local store
+    serve deploy serve_config.yaml              # GPU cluster: real weights, MinIO
+
+Every deployment option is decided here, as Ray Serve LLM's builders do
+(``build_llm_deployment``: defaults dict, overrides, ``serve.deployment(cls, **options)``):
+the ``DEFAULT_*_OPTIONS`` below, adjusted for CPU mode, then the per-deployment
+``deployment_options`` of the validated ``args``. The deployment classes carry none.
+A config's ``deployments:`` list, if any, is applied by Serve on top of what this returns.
 """
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
+from ray import serve
 from ray.serve import Application
 
 from serve_app.config import AppConfig
 
+from .cluster import check_store_fits_cluster
 from .generator import Generator
 from .ingress import Ingress
 from .jobs import JobCoordinatorDeployment
 
+INGRESS, GENERATOR, COORDINATOR = "Ingress", "Generator", "JobCoordinator"
+
+DEFAULT_INGRESS_OPTIONS: dict[str, Any] = {
+    "ray_actor_options": {"num_cpus": 0.5},
+    "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 64},
+    "max_ongoing_requests": 256,
+}
+DEFAULT_GENERATOR_OPTIONS: dict[str, Any] = {
+    "ray_actor_options": {"num_gpus": 1, "num_cpus": 2},
+    "autoscaling_config": {
+        "min_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 8,
+        "upscale_delay_s": 30,
+        "downscale_delay_s": 600,
+    },
+    # Enough requests inside the replica to fill batches; the rest wait at the
+    # caller, and past max_queued_requests callers get 503 + Retry-After.
+    "max_ongoing_requests": 32,
+    "max_queued_requests": 256,
+    "health_check_period_s": 10,
+    "health_check_timeout_s": 30,
+    # A batch of long songs can take minutes: let it finish on scale-down.
+    "graceful_shutdown_timeout_s": 300,
+}
+DEFAULT_COORDINATOR_OPTIONS: dict[str, Any] = {
+    # One replica owns the job state (see deployments/jobs.py).
+    "num_replicas": 1,
+    "ray_actor_options": {"num_cpus": 0.25},
+    "max_ongoing_requests": 2048,
+    "health_check_period_s": 10,
+    "graceful_shutdown_timeout_s": 30,
+}
 ONE_REPLICA = {"min_replicas": 1, "max_replicas": 1}
+
+
+def merge_options(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``; dict values (``ray_actor_options``, ``autoscaling_config``)
+    key by key, so ``{"ray_actor_options": {"num_gpus": 2}}`` keeps ``num_cpus``."""
+    merged = copy.deepcopy(base)
+    # Serve takes a fixed replica count or autoscaling, never both.
+    if "num_replicas" in override:
+        merged.pop("autoscaling_config", None)
+    if "autoscaling_config" in override:
+        merged.pop("num_replicas", None)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **copy.deepcopy(value)}
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def deployment_options(config: AppConfig) -> dict[str, dict[str, Any]]:
+    """Each deployment's Serve options for ``config``."""
+    generator = merge_options(DEFAULT_GENERATOR_OPTIONS, {"ray_actor_options": {"num_gpus": config.num_gpus}})
+    options = {INGRESS: DEFAULT_INGRESS_OPTIONS, GENERATOR: generator, COORDINATOR: DEFAULT_COORDINATOR_OPTIONS}
+    if config.num_gpus == 0:
+        # CPU mode: one replica of each, as they share the machine's cores.
+        options[INGRESS] = merge_options(options[INGRESS], {"autoscaling_config": ONE_REPLICA})
+        options[GENERATOR] = merge_options(
+            options[GENERATOR], {"ray_actor_options": {"num_cpus": 1}, "autoscaling_config": ONE_REPLICA}
+        )
+    for name, override in config.deployment_options.items():
+        options[name] = merge_options(options[name], override)
+    return {name: copy.deepcopy(value) for name, value in options.items()}
+
+
+def _deployment(cls: type, name: str, options: dict[str, Any]) -> serve.Deployment:
+    try:
+        return serve.deployment(cls, name=name, **options)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"deployment_options.{name}: {exc}") from None
 
 
 def build_app(args: dict) -> Application:
     config = AppConfig.model_validate(args or {})
-    ingress, generator = Ingress, Generator
-    if config.num_gpus == 0:
-        # CPU mode: one replica of each, as they share the machine's cores.
-        # ray_actor_options replaces the decorator's dict whole, so num_cpus is restated.
-        ingress = Ingress.options(autoscaling_config=ONE_REPLICA)
-        generator = Generator.options(ray_actor_options={"num_gpus": 0, "num_cpus": 1}, autoscaling_config=ONE_REPLICA)
-    elif config.num_gpus != 1:
-        generator = Generator.options(ray_actor_options={"num_gpus": config.num_gpus, "num_cpus": 2})
+    check_store_fits_cluster(config)
+    options = deployment_options(config)
     settings = config.model_dump()
-    generator_app = generator.bind(settings)
-    return ingress.bind(generator_app, JobCoordinatorDeployment.bind(generator_app, settings), settings)
+    generator = _deployment(Generator, GENERATOR, options[GENERATOR]).bind(settings)
+    coordinator = _deployment(JobCoordinatorDeployment, COORDINATOR, options[COORDINATOR]).bind(generator, settings)
+    return _deployment(Ingress, INGRESS, options[INGRESS]).bind(generator, coordinator, settings)

@@ -1,15 +1,12 @@
 """The GPU deployment: one pipeline per served model, batched generation.
 
-Thin: ``GenerationEngine`` holds the logic. Resource and scaling options here
-are defaults; ``serve_config.yaml`` may override them per deployment.
+Thin: ``GenerationEngine`` holds the logic.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-
-from ray import serve
 
 from serve_app.config import AppConfig
 from serve_app.generation.engine import EngineConfig, GenerationEngine
@@ -18,27 +15,12 @@ from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.progress import Progress
 from serve_app.schemas import GenerateResponse, GenerationPlan
 
+from .cluster import make_store
+
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(
-    ray_actor_options={"num_gpus": 1, "num_cpus": 2},
-    autoscaling_config={
-        "min_replicas": 1,
-        "max_replicas": 4,
-        "target_ongoing_requests": 8,
-        "upscale_delay_s": 30,
-        "downscale_delay_s": 600,
-    },
-    # Enough requests inside the replica to fill batches; the rest wait at the
-    # caller, and past max_queued_requests callers get 503 + Retry-After.
-    max_ongoing_requests=32,
-    max_queued_requests=256,
-    health_check_period_s=10,
-    health_check_timeout_s=30,
-    # A batch of long songs can take minutes: let it finish on scale-down.
-    graceful_shutdown_timeout_s=300,
-)
+# Deployment options (GPUs, replicas, queues) are in deployments/app.py.
 class Generator:
     def __init__(self, config: dict) -> None:
         self.config = AppConfig.model_validate(config)
@@ -58,7 +40,7 @@ class Generator:
                     pipeline.model(bf16=variant == "bf16")
         self.engine = GenerationEngine(
             pipelines,
-            self.config.make_store(),
+            make_store(self.config),
             EngineConfig(
                 max_batch_size=self.config.max_batch_size,
                 max_batch_audio_s=self.config.max_batch_audio_s,
@@ -68,6 +50,7 @@ class Generator:
             ),
             metrics=ServeMetrics(),
         )
+        self.engine.check_store()
 
     async def generate(self, plan: GenerationPlan) -> GenerateResponse:
         return await self.engine.generate(plan)

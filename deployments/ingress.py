@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Callable
 from typing import TypeVar
 
 from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serve_app.config import AppConfig
-from serve_app.errors import InvalidRequest, ServiceError, Unavailable
+from serve_app.errors import InvalidRequest
 from serve_app.ingress import api
 from serve_app.ingress.frontend import Frontend
 from serve_app.ingress.planner import Planner
@@ -33,7 +31,12 @@ from serve_app.jobs import JobRequest, JobStatus
 from serve_app.metrics import ServeMetrics
 from serve_app.schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
 
+from .calls import call
+from .cluster import make_store
+
 READY_CACHE_S = 2.0
+GENERATE_ATTEMPTS = 2
+"""A generation is sent at most twice: once, and again if its replica was lost."""
 
 T = TypeVar("T")
 Request = TypeVar("Request", bound=BaseModel)
@@ -47,31 +50,25 @@ def validated(model: type[Request], request: Request | dict) -> Request:
         raise InvalidRequest.from_validation(exc.errors()) from None
 
 
-async def call_deployment(call: Awaitable[T], what: str) -> T:
-    """Await a handle call; failures become the ``ServiceError`` a client should see."""
-    try:
-        return await call
-    except BackPressureError:
-        raise Unavailable(f"every {what} replica is at capacity; retry later") from None
-    except (RayActorError, DeploymentUnavailableError):
-        raise Unavailable(f"the {what} is restarting; retry") from None
-    except RayTaskError as exc:
-        if isinstance(exc.cause, ServiceError):
-            raise exc.cause from None
-        raise
-
-
 class ServeGeneratorClient:
-    """Calls the generator deployment through its handle."""
+    """Calls the generator deployment through its handle.
 
-    def __init__(self, handle: DeploymentHandle, app_name: str) -> None:
+    A generation whose replica is lost (its node went away) is sent once more, to
+    another replica; a second loss is a 503. No caller waits more than
+    ``accept_timeout_s`` for a replica to take its request.
+    """
+
+    def __init__(self, handle: DeploymentHandle, app_name: str, accept_timeout_s: float) -> None:
         self.handle = handle
         self.app_name = app_name
+        self.accept_timeout_s = accept_timeout_s
         self._ready_at = 0.0
         self._ready = False
 
     async def generate(self, plan: GenerationPlan) -> GenerateResponse:
-        return await call_deployment(self.handle.generate.remote(plan), "generator")
+        return await call(
+            lambda: self.handle.generate.remote(plan), "generator", self.accept_timeout_s, GENERATE_ATTEMPTS
+        )
 
     async def ready(self) -> bool:
         # Ask the controller, not a replica, so a readiness probe never wakes a
@@ -93,27 +90,27 @@ class ServeGeneratorClient:
 class ServeJobsClient:
     """Calls the job coordinator deployment through its handle."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    def __init__(self, handle: DeploymentHandle, accept_timeout_s: float) -> None:
         self.handle = handle
+        self.accept_timeout_s = accept_timeout_s
+
+    async def _call(self, send: Callable[[], DeploymentResponse]) -> T:
+        return await call(send, "job coordinator", self.accept_timeout_s)
 
     async def submit(self, plan: GenerationPlan, webhook_url: str | None) -> JobStatus:
-        return await call_deployment(self.handle.submit.remote(plan, webhook_url), "job coordinator")
+        return await self._call(lambda: self.handle.submit.remote(plan, webhook_url))
 
     async def status(self, job_id: str) -> JobStatus:
-        return await call_deployment(self.handle.status.remote(job_id), "job coordinator")
+        return await self._call(lambda: self.handle.status.remote(job_id))
 
     async def cancel(self, job_id: str) -> JobStatus:
-        return await call_deployment(self.handle.cancel.remote(job_id), "job coordinator")
+        return await self._call(lambda: self.handle.cancel.remote(job_id))
 
     async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]:
-        return await call_deployment(self.handle.wait_for_change.remote(job_id, version, timeout_s), "job coordinator")
+        return await self._call(lambda: self.handle.wait_for_change.remote(job_id, version, timeout_s))
 
 
-@serve.deployment(
-    ray_actor_options={"num_cpus": 0.5},
-    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 64},
-    max_ongoing_requests=256,
-)
+# Deployment options (replicas, resources, queues) are in deployments/app.py.
 @serve.ingress()
 class Ingress:
     def __init__(self, generator: DeploymentHandle, jobs: DeploymentHandle, config: dict) -> None:
@@ -127,10 +124,10 @@ class Ingress:
         app_name = serve.get_replica_context().app_name
         self.frontend = Frontend(
             planner,
-            ServeGeneratorClient(generator, app_name),
-            self.config.make_store(),
+            ServeGeneratorClient(generator, app_name, self.config.generate_timeout_s),
+            make_store(self.config),
             ServeMetrics(),
-            jobs=ServeJobsClient(jobs),
+            jobs=ServeJobsClient(jobs, self.config.generate_timeout_s),
             jobs_prefix=self.config.jobs_prefix,
             max_source_bytes=self.config.max_source_bytes,
         )

@@ -9,41 +9,28 @@ stopped before it answers anything.
 
 from __future__ import annotations
 
-from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
 from serve_app.jobs import CoordinatorConfig, JobCoordinator, JobRecords, JobStatus, WebhookPolicy, WebhookSender
 from serve_app.schemas import GenerationPlan
 
-
-def _replica_lost(exc: BaseException) -> bool:
-    return isinstance(exc, RayActorError)
-
-
-def _generators_busy(exc: BaseException) -> bool:
-    return isinstance(exc, (BackPressureError, DeploymentUnavailableError))
+from .calls import AcceptedStream, is_busy, is_replica_lost
+from .cluster import make_store
 
 
-@serve.deployment(
-    name="JobCoordinator",
-    num_replicas=1,
-    ray_actor_options={"num_cpus": 0.25},
-    max_ongoing_requests=2048,
-    health_check_period_s=10,
-    graceful_shutdown_timeout_s=30,
-)
+# Deployment options (one replica, queue size) are in deployments/app.py.
 class JobCoordinatorDeployment:
     async def __init__(self, generator: DeploymentHandle, config: dict) -> None:
         settings = AppConfig.model_validate(config)
         self._generator = generator.options(stream=True)
         self.jobs = JobCoordinator(
-            JobRecords(settings.make_store(), prefix=settings.jobs_prefix),
-            lambda plan: self._generator.generate_events.remote(plan),
-            is_replica_lost=_replica_lost,
-            is_transient=_generators_busy,
+            JobRecords(make_store(settings), prefix=settings.jobs_prefix),
+            lambda plan: AcceptedStream(
+                self._generator.generate_events.remote(plan), "generator", settings.generate_timeout_s
+            ),
+            is_replica_lost=is_replica_lost,
+            is_transient=is_busy,
             webhooks=WebhookSender(WebhookPolicy(allow_private_networks=settings.webhook_allow_private_networks)),
             config=CoordinatorConfig(max_in_flight=settings.jobs_max_in_flight),
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,24 +20,6 @@ OUTPUT_DIR_ENV = "ACESTEP_OUTPUT_DIR"
 DEFAULT_OUTPUT_DIR = "~/.cache/ace-step-serve/outputs"
 
 
-class MinioSettings(BaseModel):
-    """MinIO connection; every field left out comes from its ``MINIO_*`` variable
-    (see ``MinioConfig.from_env``). Keep the keys in the environment."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    endpoint: str | None = None
-    access_key: str | None = None
-    secret_key: str | None = Field(default=None, repr=False)
-    bucket: str | None = None
-    secure: bool | None = None
-    region: str | None = None
-    public_endpoint: str | None = None
-
-    def config(self) -> MinioConfig:
-        return MinioConfig.from_env(**self.model_dump(exclude_none=True))
-
-
 class StorageSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -45,7 +27,17 @@ class StorageSettings(BaseModel):
     """``auto``: MinIO when ``MINIO_ENDPOINT`` is set or ``minio.endpoint`` given, else the local directory."""
     local_root: str = Field(default_factory=lambda: os.environ.get(OUTPUT_DIR_ENV, DEFAULT_OUTPUT_DIR))
     """The local store's directory (single machine only: the ingress serves it at ``/outputs``)."""
-    minio: MinioSettings = Field(default_factory=MinioSettings)
+    minio: dict[str, Any] = Field(default_factory=dict)
+    """Fields of ``MinioConfig``; each one left out comes from its ``MINIO_*`` variable, read where the
+    store is built (on each replica). Keep the keys in the environment."""
+
+    @field_validator("minio")
+    @classmethod
+    def _known_minio_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(MinioConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown storage.minio setting(s) {unknown}; known: {sorted(MinioConfig.model_fields)}")
+        return value
 
     @field_validator("local_root")
     @classmethod
@@ -56,7 +48,14 @@ class StorageSettings(BaseModel):
     def resolved_kind(self) -> Literal["minio", "local"]:
         if self.kind != "auto":
             return self.kind
-        return "minio" if self.minio.endpoint or os.environ.get("MINIO_ENDPOINT") else "local"
+        return "minio" if self.minio.get("endpoint") or os.environ.get("MINIO_ENDPOINT") else "local"
+
+    def minio_config(self) -> MinioConfig:
+        """The section merged with the ``MINIO_*`` variables; errors name the setting and its variable."""
+        return MinioConfig(**self.minio)
+
+
+DeploymentName = Literal["Ingress", "Generator", "JobCoordinator"]
 
 
 class AppConfig(BaseModel):
@@ -93,6 +92,13 @@ class AppConfig(BaseModel):
     """Jobs sent to the generators at once; the rest wait in the coordinator, in order."""
     webhook_allow_private_networks: bool = False
     """Let job webhooks reach loopback, private and link-local addresses (off: only public hosts)."""
+    generate_timeout_s: float = Field(default=60.0, gt=0)
+    """How long a caller (the ingress, the job coordinator) waits for a generator replica to take a
+    request before giving up with a 503 (no replica placed, every queue full); not a limit on the
+    generation itself."""
+    deployment_options: dict[DeploymentName, dict[str, Any]] = Field(default_factory=dict)
+    """Per deployment, Serve options merged over the defaults in ``deployments/app.py``
+    (dicts such as ``ray_actor_options`` key by key)."""
 
     @model_validator(mode="after")
     def _known_models(self) -> AppConfig:
@@ -120,5 +126,5 @@ class AppConfig(BaseModel):
 
     def make_store(self) -> ObjectStore:
         if self.storage.resolved_kind() == "minio":
-            return MinioStore(self.storage.minio.config())
+            return MinioStore(self.storage.minio_config())
         return LocalStore(Path(self.storage.local_root))

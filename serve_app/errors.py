@@ -98,6 +98,21 @@ class Unavailable(ServiceError):
     retry_after_s = 5
 
 
+class StorageMisconfigured(ServiceError):
+    """The server's object store is misconfigured (credentials, bucket, endpoint): retrying cannot help."""
+
+    status = 500
+    type = "storage_misconfigured"
+
+    @classmethod
+    def because(cls, problem: str) -> StorageMisconfigured:
+        """``problem``: what is wrong and the setting to fix, with no endpoint or bucket names."""
+        return cls(
+            f"the server's object storage is misconfigured ({problem}); "
+            "nothing was stored, and retrying will not help until an operator fixes it"
+        )
+
+
 class GenerationFailed(ServiceError):
     status = 500
     type = "generation_failed"

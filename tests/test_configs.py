@@ -8,7 +8,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.app import build_app
+from deployments.app import DEFAULT_GENERATOR_OPTIONS, build_app, deployment_options, merge_options
 from serve_app.config import AppConfig
 from serve_app.pipeline.registry import get_spec
 
@@ -34,9 +34,35 @@ def test_production_config_runs_real_weights_on_gpus_with_minio():
     schema, config = load("serve_config.yaml")
     assert not any(get_spec(name).tiny for name in config.models)
     assert config.num_gpus >= 1 and config.storage.kind == "minio"
-    deployments = {deployment.name: deployment for deployment in schema.applications[0].deployments}
-    generator = deployments["Generator"]
-    assert generator.max_queued_requests > 0 and generator.autoscaling_config["max_replicas"] >= 1
+    generator = deployment_options(config)["Generator"]
+    assert generator["ray_actor_options"] == {"num_gpus": config.num_gpus, "num_cpus": 2}
+    assert generator["max_queued_requests"] > 0 and generator["autoscaling_config"]["max_replicas"] >= 1
+
+
+def test_cpu_mode_runs_one_replica_of_each_without_gpus():
+    options = deployment_options(AppConfig(num_gpus=0))
+    assert options["Generator"]["ray_actor_options"] == {"num_gpus": 0, "num_cpus": 1}
+    assert options["Generator"]["autoscaling_config"]["max_replicas"] == 1
+    assert options["Ingress"]["autoscaling_config"]["max_replicas"] == 1
+
+
+def test_deployment_options_merge_over_the_defaults_key_by_key():
+    config = AppConfig(
+        deployment_options={
+            "Generator": {"ray_actor_options": {"num_gpus": 2}, "max_ongoing_requests": 4},
+            "Ingress": {"num_replicas": 3},
+        }
+    )
+    options = deployment_options(config)
+    generator = options["Generator"]
+    assert generator["ray_actor_options"] == {"num_gpus": 2, "num_cpus": 2}
+    assert generator["max_ongoing_requests"] == 4
+    assert generator["autoscaling_config"] == DEFAULT_GENERATOR_OPTIONS["autoscaling_config"]
+    # A fixed count replaces autoscaling (Serve refuses both).
+    assert options["Ingress"]["num_replicas"] == 3 and "autoscaling_config" not in options["Ingress"]
+    assert merge_options({"num_replicas": 1}, {"autoscaling_config": {"max_replicas": 2}}) == {
+        "autoscaling_config": {"max_replicas": 2}
+    }
 
 
 @pytest.mark.parametrize(
@@ -46,6 +72,9 @@ def test_production_config_runs_real_weights_on_gpus_with_minio():
         ({"models": ["acestep-v15-tiny"], "default_model": "ace-step-v1-3.5b"}, "default_model"),
         ({"storage": {"kind": "s3"}}, "kind"),
         ({"max_batch_size": 0}, "max_batch_size"),
+        ({"deployment_options": {"Generator": {"max_ongoing_requestz": 1}}}, "deployment_options.Generator"),
+        ({"deployment_options": {"Proxy": {}}}, "deployment_options"),
+        ({"generate_timeout_s": 0}, "generate_timeout_s"),
     ],
 )
 def test_bad_app_args_are_refused_at_build(args, message):

@@ -106,10 +106,10 @@ def test_outputs_carry_a_sidecar_that_repeats_the_request(pipeline, planner, sto
 
 def test_a_failed_upload_fails_the_request_and_removes_what_it_wrote(pipeline, planner, tmp_path):
     class LosesSeedTwelve(LocalStore):
-        def put(self, key, data, content_type, metadata=None):
+        def put(self, key, data, content_type):
             if key.endswith("/12.wav"):
                 raise StorageUnavailableError("connection refused")
-            super().put(key, data, content_type, metadata)
+            super().put(key, data, content_type)
 
     store = LosesSeedTwelve(tmp_path / "outputs")
     engine = GenerationEngine({TEST_MODEL: pipeline}, store, EngineConfig(batch_wait_s=0.0))

@@ -238,7 +238,7 @@ def test_a_lost_replica_is_retried_once_then_the_job_fails_with_the_reason(store
     retried, failed = asyncio.run(scenario())
     assert retried.status == "succeeded" and retried.attempts == 2
     assert failed.status == "failed" and failed.attempts == 2
-    assert failed.error.type == "internal_error" and "traceback" not in failed.error.message.lower()
+    assert failed.error.type == "replica_lost" and "lost 2 times" in failed.error.message
 
 
 def test_service_errors_fail_the_job_with_their_message(store):

@@ -1,4 +1,4 @@
-"""The service with the MinIO store, against a real S3 endpoint on 127.0.0.1, over real HTTP.
+"""The service with the MinIO store, against a real S3 server (SeaweedFS) on 127.0.0.1, over real HTTP.
 
 The generator here takes one request at a time and queues one more, so a
 burst also shows Serve's backpressure reaching the client as a 503.
@@ -14,93 +14,72 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import soundfile as sf
-from minio import Minio
 
-from deployments.generator import Generator
-from deployments.ingress import Ingress
-from deployments.jobs import JobCoordinatorDeployment
-from serve_app.config import AppConfig
+from deployments.app import build_app
 
 from .conftest import TEST_MODEL, run_app
-from .s3_server import S3TestServer
 
 APP = "acestep-minio"
 PREFIX = "/minio"
-BUCKET = "music-outputs"
 
 
 @pytest.fixture(scope="module")
-def s3():
-    with S3TestServer() as server:
-        yield server
+def s3(s3_server):
+    return s3_server
 
 
 @pytest.fixture(scope="module")
-def client(serve_instance, s3):
+def bucket_name(s3) -> str:
+    return s3.new_bucket("music")
+
+
+@pytest.fixture(scope="module")
+def client(serve_instance, s3, bucket_name):
     from ray import serve
 
-    settings = AppConfig(
-        models=[TEST_MODEL],
-        num_gpus=0,
-        batch_wait_s=0.05,
-        storage={
-            "kind": "minio",
-            "minio": {
-                "endpoint": s3.endpoint,
-                "access_key": "test-access-key",
-                "secret_key": "test-secret-key",
-                "bucket": BUCKET,
-                "secure": False,
-                "region": "us-east-1",
-            },
-        },
-    ).model_dump()
-    # build_app's CPU composition, with the tightest queue limits.
-    generator = Generator.options(
-        ray_actor_options={"num_gpus": 0, "num_cpus": 1},
-        autoscaling_config={"min_replicas": 1, "max_replicas": 1},
-        max_ongoing_requests=1,
-        max_queued_requests=1,
+    app = build_app(
+        dict(
+            models=[TEST_MODEL],
+            num_gpus=0,
+            batch_wait_s=0.05,
+            storage={"kind": "minio", "minio": s3.minio_settings(bucket_name)},
+            # The tightest queue limits.
+            deployment_options={"Generator": {"max_ongoing_requests": 1, "max_queued_requests": 1}},
+        )
     )
-    bound = generator.bind(settings)
-    run_app(Ingress.bind(bound, JobCoordinatorDeployment.bind(bound, settings), settings), APP, PREFIX)
+    run_app(app, APP, PREFIX)
     with httpx.Client(base_url=f"{serve_instance}{PREFIX}", timeout=60) as client:
         yield client
     serve.delete(APP)
 
 
-@pytest.fixture(scope="module")
-def bucket(s3) -> Minio:
-    return Minio(s3.endpoint, "test-access-key", "test-secret-key", secure=False, region="us-east-1")
-
-
-def keys(bucket: Minio) -> list[str]:
-    return sorted(obj.object_name for obj in bucket.list_objects(BUCKET, recursive=True))
+def keys(s3, bucket_name: str) -> list[str]:
+    return sorted(obj.object_name for obj in s3.client().list_objects(bucket_name, recursive=True))
 
 
 BODY = {"prompt": "minimal techno", "preset": "precision", "audio_duration": 1.0}
 
 
-def test_outputs_land_in_the_bucket_with_presigned_urls_and_sidecars(client, bucket, s3):
+def test_outputs_land_in_the_bucket_with_presigned_urls_and_sidecars(client, s3, bucket_name):
     response = client.post("/generate", json={**BODY, "actual_seeds": [1, 2], "format": "flac"})
     assert response.status_code == 200, response.text
     body = response.json()
     assert sorted(output["batch_size"] for output in body["outputs"]) == [2, 2]
     for output in body["outputs"]:
-        assert output["url"].startswith(f"http://{s3.endpoint}/{BUCKET}/{output['key']}?")
+        assert output["url"].startswith(f"http://{s3.endpoint}/{bucket_name}/{output['key']}?")
         assert "X-Amz-Signature=" in output["url"]
         with urllib.request.urlopen(output["url"], timeout=10) as fetched:
             audio, rate = sf.read(io.BytesIO(fetched.read()), always_2d=True)
         assert (rate, audio.shape) == (48000, (48000, 2))
-        sidecar = json.loads(bucket.get_object(BUCKET, f"{output['key']}.json").read())
+        sidecar = json.loads(s3.client().get_object(bucket_name, f"{output['key']}.json").read())
         assert sidecar["params"] == body["params"] and sidecar["object"]["key"] == output["key"]
     # Outputs are served by the store, not by the ingress.
     assert client.get(f"/outputs/{body['outputs'][0]['key']}").status_code == 404
 
 
-def test_with_the_store_down_a_request_is_a_503_and_leaves_nothing(client, bucket, s3):
+def test_with_the_store_down_a_request_is_a_503_and_leaves_nothing(client, s3, bucket_name):
     assert client.post("/generate", json=BODY).status_code == 200
-    before = keys(bucket)
+    before = keys(s3, bucket_name)
     s3.stop()
     try:
         response = client.post("/generate", json=BODY)
@@ -110,7 +89,7 @@ def test_with_the_store_down_a_request_is_a_503_and_leaves_nothing(client, bucke
     assert response.status_code == 503 and "retry-after" in response.headers
     assert response.json()["error"]["type"] == "unavailable" and s3.endpoint not in response.text
     assert health.status_code == 503 and health.json()["storage"] == "unavailable"
-    assert keys(bucket) == before
+    assert keys(s3, bucket_name) == before
     assert client.post("/generate", json=BODY).status_code == 200  # recovered with the store
 
 

@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 import torch
 
 from ..audio import content_type, encode_audio, file_extension, resample
-from ..errors import GenerationFailed, InvalidRequest, Unavailable
+from ..errors import GenerationFailed, InvalidRequest, StorageMisconfigured, Unavailable
+from ..ingress.output_names import split_output_name
 from ..metrics import NullMetrics
 from ..pipeline.music_pipeline import BatchOutput, ItemOutput, MusicPipeline
 from ..pipeline.settings import SOURCE_SAMPLE_RATE, BatchSettings, ItemSettings
@@ -28,7 +29,7 @@ from ..pipeline.tasks import SOURCE_TASKS
 from ..progress import GenerationCancelled, Progress, ProgressSink, Stage
 from ..schemas import GenerateResponse, GenerationPlan, ItemFailure, OutputFile
 from ..sources import MAX_SOURCE_BYTES, SourceError, SourceLibrary
-from ..storage import ObjectStore, StorageError, build_output_key, write_output
+from ..storage import ObjectStore, StorageConfigError, StorageError, build_output_key, sidecar_key, write_output
 from .batching import BatchInfo, KeyedBatcher
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class GenerationEngine:
         settings = plan.params.batch_settings()
         if settings.model not in self.pipelines:
             raise Unavailable(f"model {settings.model!r} is not served by this replica")
+        await self._refuse_if_store_misconfigured()
         source = await self._load_source(plan)
         works = [
             _Work(plan.request_id, index, item, settings.total_steps, progress, source=source)
@@ -133,6 +135,32 @@ class GenerationEngine:
                 work.cancelled = True
             raise
         return await self._respond(plan, works, results, time.perf_counter() - started)
+
+    def check_store(self) -> None:
+        """Reach the store once (at start-up) and log what an operator must know; never raises."""
+        try:
+            self.store.check()
+        except StorageConfigError as exc:
+            logger.error(
+                "object storage is misconfigured, requests fail until it is fixed: %s (%s)", exc.public_message, exc
+            )
+        except StorageError as exc:
+            logger.warning("object storage is unavailable at start-up (requests get 503 until it returns): %s", exc)
+
+    async def _refuse_if_store_misconfigured(self) -> None:
+        """While the store's configuration is known to be wrong, refuse before any GPU work.
+
+        The store is asked again first (one cheap request), so fixing it behind
+        our back (creating the bucket, granting a permission) is noticed at once.
+        """
+        if self.store.config_error is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._io, self.store.check)
+        except StorageConfigError as exc:
+            raise StorageMisconfigured.because(exc.public_message) from None
+        except StorageError:
+            pass  # an outage is answered where it bites, with a 503 to retry
 
     async def events(self, plan: GenerationPlan) -> AsyncIterator[list[Progress] | GenerateResponse]:
         """``generate`` as a stream: progress as it happens, then the response.
@@ -245,12 +273,15 @@ class GenerationEngine:
         data = encode_audio(waveform, spec.sample_rate, spec.format, mp3_bitrate_kbps=spec.mp3_bitrate_kbps)
         timings["encode_s"] = time.perf_counter() - started
 
+        ext = file_extension(spec.format)
+        folders, stem = split_output_name(spec.name, ext) if spec.name is not None else ([], None)
         key = build_output_key(
             self.config.output_prefix,
             plan.request_id,
             output.seed,
-            file_extension(spec.format),
-            name=spec.name,
+            ext,
+            folders=folders,
+            stem=stem,
             when=datetime.now(UTC),
         )
         file = OutputFile(
@@ -261,7 +292,7 @@ class GenerationEngine:
             sample_rate=spec.sample_rate,
             duration=plan.params.audio_duration,
             batch_size=batch.size,
-            sidecar_key=f"{key}.json",
+            sidecar_key=sidecar_key(key),
         )
         sidecar = {
             "request_id": plan.request_id,
@@ -276,6 +307,10 @@ class GenerationEngine:
         try:
             write_output(self.store, key, data, content_type(spec.format), sidecar)
             url = self.store.url(key)
+        except StorageConfigError as exc:
+            logger.error("request %s: storing %s failed: %s", plan.request_id, key, exc)
+            self.metrics.storage_op("write_output", time.perf_counter() - started, ok=False)
+            raise StorageMisconfigured.because(exc.public_message) from None
         except StorageError as exc:
             # The details name endpoints and buckets: for the log, not the client.
             logger.error("request %s: storing %s failed: %s", plan.request_id, key, exc)

@@ -21,7 +21,7 @@ from ..pipeline.registry import CATALOG
 from ..pipeline.tasks import SOURCE_TASKS
 from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
 from ..sources import MAX_SOURCE_BYTES, SourceError, SourceInfo, SourceLibrary
-from ..storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageError
+from ..storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageConfigError, StorageError
 from .planner import Planner
 
 JOB_EVENTS_KEEPALIVE_S = 15.0
@@ -148,13 +148,19 @@ class Frontend:
 
     async def health(self) -> dict[str, Any]:
         generator_ready = await self.generator.ready()
+        problem = None
         try:
             await asyncio.to_thread(self.store.check)
             storage = "ok"
+        except StorageConfigError as exc:
+            storage, problem = "misconfigured", exc.public_message
         except StorageError:
             storage = "unavailable"
         status = "ok" if generator_ready and storage == "ok" else "unavailable"
-        return {"status": status, "generator": "ready" if generator_ready else "not ready", "storage": storage}
+        health = {"status": status, "generator": "ready" if generator_ready else "not ready", "storage": storage}
+        if problem is not None:
+            health["storage_problem"] = problem
+        return health
 
     async def read_output(self, key: str) -> bytes:
         if not isinstance(self.store, LocalStore):

@@ -31,8 +31,8 @@ from ..pipeline.settings import (
 from ..pipeline.tasks import RETAKE_SEED_TASKS, SOURCE_TASKS, output_duration
 from ..schemas import GenerateRequest, GenerationPlan, Output, ParamWarning
 from ..sources import SourceInfo
-from ..storage import split_output_name, validate_output_name
 from .lyric_limits import LyricLimits
+from .output_names import split_output_name, validate_output_name
 from .presets import Preset, PresetBook
 
 DEFAULT_FORMAT = "wav"

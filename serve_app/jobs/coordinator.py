@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from ..errors import Conflict, ServiceError, Unavailable
+from ..errors import Conflict, ServiceError, StorageMisconfigured, Unavailable
 from ..progress import STAGE_ORDER, GenerationCancelled, Progress
 from ..schemas import GenerateResponse, GenerationPlan
-from ..storage import StorageError
+from ..storage import StorageConfigError, StorageError
 from .models import ItemProgress, JobError, JobProgress, JobRecord, JobStatus, WebhookDelivery
 from .records import JobNotFound, JobRecords
 from .webhooks import WebhookSender
@@ -150,6 +150,8 @@ class JobCoordinator:
         except StorageError as exc:
             logger.error("job %s could not be recorded: %s", job_id, exc)
             await asyncio.to_thread(self._clear_marker_quietly, job_id)
+            if isinstance(exc, StorageConfigError):
+                raise StorageMisconfigured.because(exc.public_message) from None
             raise Unavailable("the job store is unavailable; the job was not accepted, retry later") from None
         job.persisted_at = self._clock()
         self._enqueue(job)
@@ -269,6 +271,9 @@ class JobCoordinator:
                     elif self._is_replica_lost(exc) and job.status.attempts < self.config.max_attempts:
                         logger.warning("job %s lost its generator replica (%s); retrying", job.status.job_id, exc)
                         self._restart_progress(job)
+                    elif self._is_replica_lost(exc):
+                        message = f"the generator replica running the job was lost {job.status.attempts} times"
+                        await self._finish(job, "failed", error=JobError(type="replica_lost", message=message))
                     else:
                         await self._finish(job, "failed", error=self._describe(exc))
                     continue
