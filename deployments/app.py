@@ -31,6 +31,9 @@ DEFAULT_INGRESS_OPTIONS: dict[str, Any] = {
     "ray_actor_options": {"num_cpus": 0.5},
     "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 64},
     "max_ongoing_requests": 256,
+    # A stopping ingress replica drains its requests, each waiting on the generator: give it as long
+    # as the generator has to finish them (Serve's default of 20 s dropped every longer /generate).
+    "graceful_shutdown_timeout_s": 300,
 }
 DEFAULT_GENERATOR_OPTIONS: dict[str, Any] = {
     "ray_actor_options": {"num_gpus": 1, "num_cpus": 2},

@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from serve_app.config import AppConfig
+from serve_app.error_logging import log_client_errors_at_info
 from serve_app.generation.engine import EngineConfig, GenerationEngine
 from serve_app.metrics import ServeMetrics
 from serve_app.pipeline.music_pipeline import MusicPipeline
@@ -23,6 +24,7 @@ logger = logging.getLogger("ray.serve")
 # Deployment options (GPUs, replicas, queues) are in deployments/app.py.
 class Generator:
     def __init__(self, config: dict) -> None:
+        log_client_errors_at_info(logger)
         self.config = AppConfig.model_validate(config)
         device = self.config.resolved_device()
         pipelines = {
@@ -62,3 +64,8 @@ class Generator:
 
     def check_health(self) -> None:
         self.engine.check_health()
+
+    async def __del__(self) -> None:
+        # Serve calls this on shutdown once the replica's requests drained (graceful_shutdown_timeout_s).
+        if hasattr(self, "engine"):  # not when the constructor failed
+            await self.engine.close()

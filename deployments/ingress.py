@@ -12,6 +12,7 @@ for other Ray applications (see the README):
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -22,8 +23,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from serve_app.config import AppConfig
+from serve_app.error_logging import log_client_errors_at_info
 from serve_app.errors import InvalidRequest
 from serve_app.ingress import api
+from serve_app.ingress.auth import ApiKeys
 from serve_app.ingress.frontend import Frontend
 from serve_app.ingress.planner import Planner
 from serve_app.ingress.presets import PresetBook
@@ -37,6 +40,8 @@ from .cluster import make_store
 READY_CACHE_S = 2.0
 GENERATE_ATTEMPTS = 2
 """A generation is sent at most twice: once, and again if its replica was lost."""
+
+logger = logging.getLogger("ray.serve")
 
 T = TypeVar("T")
 Request = TypeVar("Request", bound=BaseModel)
@@ -114,7 +119,11 @@ class ServeJobsClient:
 @serve.ingress()
 class Ingress:
     def __init__(self, generator: DeploymentHandle, jobs: DeploymentHandle, config: dict) -> None:
+        log_client_errors_at_info(logger)
         self.config = AppConfig.model_validate(config)
+        # A malformed ACESTEP_API_KEYS stops the replica here, before it serves anything.
+        self.api_keys = ApiKeys.from_env()
+        logger.log(logging.INFO if self.api_keys.enabled else logging.WARNING, self.api_keys.summary())
         planner = Planner(
             PresetBook.load(self.config.presets_path),
             served_models=self.config.models,
@@ -134,7 +143,7 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Built in the replica, around this replica's frontend.
-        return api.create_app(self.frontend)
+        return api.create_app(self.frontend, self.api_keys)
 
     async def generate(self, request: GenerateRequest | dict) -> GenerateResponse:
         """Same body and result as ``POST /generate``; errors raise ``ServiceError`` subclasses."""

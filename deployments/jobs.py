@@ -9,19 +9,25 @@ stopped before it answers anything.
 
 from __future__ import annotations
 
+import logging
+
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
+from serve_app.error_logging import log_client_errors_at_info
 from serve_app.jobs import CoordinatorConfig, JobCoordinator, JobRecords, JobStatus, WebhookPolicy, WebhookSender
 from serve_app.schemas import GenerationPlan
 
 from .calls import AcceptedStream, is_busy, is_replica_lost
 from .cluster import make_store
 
+logger = logging.getLogger("ray.serve")
+
 
 # Deployment options (one replica, queue size) are in deployments/app.py.
 class JobCoordinatorDeployment:
     async def __init__(self, generator: DeploymentHandle, config: dict) -> None:
+        log_client_errors_at_info(logger)
         settings = AppConfig.model_validate(config)
         self._generator = generator.options(stream=True)
         self.jobs = JobCoordinator(
@@ -47,3 +53,8 @@ class JobCoordinatorDeployment:
 
     async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]:
         return await self.jobs.wait_for_change(job_id, version, timeout_s)
+
+    async def __del__(self) -> None:
+        # Serve calls this on shutdown: unfinished jobs stay recorded as active, so the next coordinator resumes them.
+        if hasattr(self, "jobs"):  # not when the constructor failed
+            await self.jobs.close()

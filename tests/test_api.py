@@ -11,7 +11,8 @@ from ray.serve.exceptions import BackPressureError
 
 from deployments.ingress import ServeGeneratorClient
 from serve_app.errors import InvalidRequest, Unavailable
-from serve_app.ingress.api import API_KEYS_ENV, create_app
+from serve_app.ingress.api import create_app
+from serve_app.ingress.auth import API_KEYS_ENV, ApiKeys, AuthConfigError
 from serve_app.ingress.frontend import Frontend
 from serve_app.ingress.planner import Planner
 from serve_app.ingress.presets import PresetBook
@@ -132,6 +133,20 @@ def test_api_keys_when_configured(tmp_path, monkeypatch):
     assert client.get("/presets", headers={"Authorization": "Bearer k2"}).status_code == 200
 
 
+@pytest.mark.parametrize("value", ["", " ", ",", " , ", "k1,,k2", "k1, ,k2", "k1,", "two words", "k1,k\u00e92"])
+def test_an_empty_or_malformed_key_list_refuses_to_start(tmp_path, monkeypatch, value):
+    monkeypatch.setenv(API_KEYS_ENV, value)
+    with pytest.raises(AuthConfigError, match=API_KEYS_ENV) as caught:
+        client_for(RuntimeError("unused"), tmp_path)
+    assert "k1" not in str(caught.value) and "k2" not in str(caught.value)  # no secrets in the log
+
+
+def test_the_start_up_log_says_whether_auth_is_on_and_with_how_many_keys():
+    assert ApiKeys.from_env({}).summary().startswith("API authentication is OFF")
+    keys = ApiKeys.from_env({API_KEYS_ENV: " k1 ,k2,abc.DEF-123_~+/=="})
+    assert keys.keys == ("k1", "k2", "abc.DEF-123_~+/==") and "on: 3 key(s)" in keys.summary()
+
+
 @pytest.mark.parametrize("body", [[], "text", {"prompt": None}])
 def test_wrong_json_shapes_are_422(tmp_path, body):
     response = client_for(RuntimeError("unused"), tmp_path).post("/generate", json=body)
@@ -187,3 +202,35 @@ def test_models_show_their_lyric_limit(tmp_path):
     assert {model["name"]: model["max_lyric_tokens"] for model in models} == {
         name: spec.max_lyric_tokens for name, spec in CATALOG.items()
     }
+
+
+@pytest.mark.parametrize(
+    "method, path, status, kind",
+    [("get", "/no/such/route", 404, "not_found"), ("delete", "/generate", 405, "method_not_allowed")],
+)
+def test_routing_errors_have_the_documented_error_shape(tmp_path, method, path, status, kind):
+    response = getattr(client_for(RuntimeError("unused"), tmp_path), method)(path)
+    assert response.status_code == status
+    assert response.json()["error"]["type"] == kind and "detail" not in response.json()
+
+
+def test_client_errors_are_logged_at_info_without_a_traceback_and_faults_stay_errors(caplog):
+    import logging
+
+    from serve_app.error_logging import log_client_errors_at_info
+    from serve_app.jobs import JobConflict, JobNotFound
+
+    logger = logging.getLogger("test.serve.replica")
+    log_client_errors_at_info(logger)
+    log_client_errors_at_info(logger)  # installing twice filters once
+    assert len(logger.filters) == 1
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        for error in (JobNotFound(), JobConflict("job x is already succeeded"), InvalidRequest("bad"), RuntimeError()):
+            try:
+                raise error
+            except Exception:
+                logger.exception("Request failed.")
+    client, *_, fault = caplog.records
+    assert [record.levelname for record in caplog.records] == ["INFO", "INFO", "INFO", "ERROR"]
+    assert client.getMessage() == "client error 404 not_found: no job with this id" and client.exc_info is None
+    assert fault.exc_info is not None and "Traceback" in caplog.text.split("client error 422")[-1]

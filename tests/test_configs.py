@@ -89,3 +89,20 @@ def test_compilation_is_off_unless_the_operator_turns_it_on():
         AppConfig(torch_compile="warmup", warmup=False)
     with pytest.raises(ValueError):
         AppConfig(torch_compile="on_request")
+
+
+def test_a_stopping_ingress_waits_as_long_as_the_generator_for_requests_in_flight():
+    # The ingress's /generate waits on the generator; an ingress replica that stops sooner drops it.
+    from ray.serve._private.build_app import build_app as build_deployments
+
+    for name in ("configs/serve_dev.yaml", "serve_config.yaml"):
+        schema, _ = load(name)
+        (application,) = schema.applications
+        built = build_deployments(build_app(application.args), name=application.name)
+        timeouts = {
+            deployment.name: deployment._deployment_config.graceful_shutdown_timeout_s
+            for deployment in built.deployments
+        }
+        overrides = {deployment.name: deployment.graceful_shutdown_timeout_s for deployment in application.deployments}
+        timeouts.update({name: value for name, value in overrides.items() if isinstance(value, (int, float))})
+        assert timeouts["Ingress"] >= timeouts["Generator"], (name, timeouts)

@@ -23,7 +23,8 @@ from serve_app.progress import Progress
 from serve_app.schemas import GenerateRequest, GenerationPlan
 from serve_app.storage import LocalStore, StorageUnavailableError
 
-from .conftest import TEST_MODEL, needs_erg
+from .conftest import TEST_MODEL
+from .fake_clock import FakeClock, settled
 
 FAST = {"model": TEST_MODEL, "infer_step": 3, "audio_duration": 1.0, "bf16": False}
 
@@ -58,7 +59,7 @@ def run(engine: GenerationEngine, *plans: GenerationPlan, **kwargs):
         try:
             return await asyncio.gather(*(engine.generate(plan, **kwargs) for plan in plans), return_exceptions=True)
         finally:
-            engine.close()
+            await engine.close()
 
     return asyncio.run(main())
 
@@ -123,16 +124,21 @@ def test_cancelling_a_request_withdraws_it_from_its_queue_and_its_batch_mates_ca
     events = []
 
     async def main():
-        engine = GenerationEngine({TEST_MODEL: pipeline}, store, EngineConfig(batch_wait_s=0.5))
+        clock = FakeClock()
+        engine = GenerationEngine(
+            {TEST_MODEL: pipeline}, store, EngineConfig(batch_wait_s=0.5), clock=clock, sleep=clock.sleep
+        )
         try:
             kept = make_plan(planner, actual_seeds=[1])
             dropped = make_plan(planner, actual_seeds=[2])
             tasks = [asyncio.create_task(engine.generate(plan, events.append)) for plan in (kept, dropped)]
-            await asyncio.sleep(0.1)  # both queued, waiting for batch-mates
+            await settled(lambda: engine._batcher.queued() == 2)  # both queued, waiting for batch-mates
             tasks[1].cancel()
+            await settled(tasks[1].done)
+            clock.advance(0.5)  # the batch wait ends: the batch forms without the cancelled item
             return await asyncio.gather(*tasks, return_exceptions=True), kept, dropped
         finally:
-            engine.close()
+            await engine.close()
 
     (kept_response, dropped_result), kept, dropped = asyncio.run(main())
     assert isinstance(dropped_result, asyncio.CancelledError)
@@ -144,7 +150,8 @@ def test_cancelling_a_request_withdraws_it_from_its_queue_and_its_batch_mates_ca
     assert not [key for key in store.list() if dropped.request_id in key]
 
 
-def test_a_request_cancelled_while_its_files_are_written_leaves_none(pipeline, planner, store, monkeypatch):
+@pytest.mark.parametrize("settle", ["drain", "close"])  # close() is what the deployment calls on shutdown
+def test_a_request_cancelled_while_its_files_are_written_leaves_none(pipeline, planner, store, monkeypatch, settle):
     import threading
 
     writing, release = threading.Event(), threading.Event()
@@ -166,10 +173,10 @@ def test_a_request_cancelled_while_its_files_are_written_leaves_none(pipeline, p
             task.cancel()
             release.set()
             await asyncio.gather(task, return_exceptions=True)
-            await asyncio.sleep(0.5)  # the write lands, then its removal runs on the I/O pool
+            await getattr(engine, settle)()  # the write lands, then its removal runs on the I/O pool
             return store.list()
         finally:
-            engine.close()
+            await engine.close()
 
     assert [key for key in asyncio.run(main()) if plan.request_id in key] == []
 
@@ -191,7 +198,7 @@ def first_waveform(pipeline, planner, **fields) -> tuple[np.ndarray, set[str]]:
         ({"guidance_interval_decay": 0.0}, "min_guidance_scale", (3.0, 8.0)),
         ({"guidance_scale_text": 2.0, "guidance_scale_lyric": 3.0}, "guidance_scale", (5.0, 9.0)),
         ({"guidance_scale_lyric": 0.0}, "guidance_scale_text", (0.0, 3.0)),
-        pytest.param({"use_erg_lyric": False}, "use_erg_tag", (False, True), marks=needs_erg),
+        ({"use_erg_lyric": False}, "use_erg_tag", (False, True)),
     ],
 )
 def test_a_warned_parameter_does_not_change_the_audio(pipeline, planner, base, field, values):
@@ -208,7 +215,7 @@ def test_a_warned_parameter_does_not_change_the_audio(pipeline, planner, base, f
         ({"scheduler_type": "euler"}, "omega_scale", (10.0, 3.0)),
         ({"guidance_interval_decay": 1.0, "guidance_interval": 1.0}, "min_guidance_scale", (3.0, 8.0)),
         ({}, "guidance_scale", (5.0, 9.0)),
-        pytest.param({"use_erg_lyric": True}, "use_erg_tag", (False, True), marks=needs_erg),
+        ({"use_erg_lyric": True}, "use_erg_tag", (False, True)),
     ],
 )
 def test_the_same_parameter_counts_when_not_warned(pipeline, planner, base, field, values):
@@ -237,14 +244,14 @@ def test_events_stream_progress_then_the_response_and_closing_early_cancels(pipe
         await stream.aclose()
         # The GPU runs one batch at a time: this one starts once the abandoned batch stopped.
         await engine.generate(make_plan(planner, actual_seeds=[4]))
-        await asyncio.sleep(0.3)
+        await engine.drain()
         return store.list()
 
     async def main():
         try:
             return await collect(), await abandon()
         finally:
-            engine.close()
+            await engine.close()
 
     events, stored_after_abandon = asyncio.run(main())
     *progress, response = events

@@ -15,6 +15,8 @@ from serve_app.progress import STAGE_ORDER, Progress
 from serve_app.schemas import GenerateResponse, GenerationPlan, Output
 from serve_app.storage import LocalStore, StorageUnavailableError
 
+from .fake_clock import settled
+
 STEPS = 4
 
 
@@ -111,6 +113,7 @@ def store(tmp_path):
 
 
 def coordinator(store, generator, **config) -> tuple[JobCoordinator, RecordingWebhooks]:
+    config.setdefault("watch_interval_s", 0.0)  # watchers hear of every change at once: no throttle to wait out
     webhooks = RecordingWebhooks()
     return (
         JobCoordinator(
@@ -130,13 +133,25 @@ async def follow_ups_done(jobs: JobCoordinator) -> None:
     await asyncio.gather(*(job.follow_up for job in jobs._jobs.values() if job.follow_up))
 
 
-async def wait_finished(jobs: JobCoordinator, job_id: str, timeout_s: float = 5.0):
+async def wait_for_status(jobs: JobCoordinator, job_id: str, reached, timeout_s: float = 30.0):
+    """The job's status once ``reached(status)`` holds, woken by the coordinator's change events.
+
+    The timeout only stops a broken test from hanging; nothing here depends on time passing.
+    """
     version = -1
     async with asyncio.timeout(timeout_s):
         while True:
-            version, status = await jobs.wait_for_change(job_id, version, 1.0)
-            if status.finished:
+            version, status = await jobs.wait_for_change(job_id, version, timeout_s)
+            if reached(status):
                 return status
+
+
+async def wait_finished(jobs: JobCoordinator, job_id: str):
+    return await wait_for_status(jobs, job_id, lambda status: status.finished)
+
+
+async def wait_running(jobs: JobCoordinator, job_id: str):
+    return await wait_for_status(jobs, job_id, lambda status: status.status == "running")
 
 
 def test_a_job_runs_to_success_with_rising_progress_and_is_recorded(store):
@@ -169,7 +184,7 @@ def test_queued_jobs_report_their_position_and_run_in_order(store):
         generator = ScriptedGenerator(hold=True)
         jobs, _ = coordinator(store, generator, max_in_flight=1)
         ids = [(await jobs.submit(make_plan())).job_id for _ in range(3)]
-        await asyncio.sleep(0.05)
+        await wait_running(jobs, ids[0])
         positions = [(await jobs.status(job_id)).queue_position for job_id in ids]
         states = [(await jobs.status(job_id)).status for job_id in ids]
         generator.release.set()
@@ -189,7 +204,7 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_while_others_finish(store
         generator = ScriptedGenerator(hold=True)
         jobs, _ = coordinator(store, generator, max_in_flight=2)
         running, other, queued = [(await jobs.submit(make_plan())).job_id for _ in range(3)]
-        await asyncio.sleep(0.05)
+        await wait_running(jobs, running)
         cancelled_queued = await jobs.cancel(queued)
         cancelled_running = await jobs.cancel(running)
         generator.release.set()
@@ -239,6 +254,7 @@ def test_a_lost_replica_is_retried_once_then_the_job_fails_with_the_reason(store
     assert retried.status == "succeeded" and retried.attempts == 2
     assert failed.status == "failed" and failed.attempts == 2
     assert failed.error.type == "replica_lost" and "lost 2 times" in failed.error.message
+    assert "traceback" not in failed.error.message.lower()
 
 
 def test_service_errors_fail_the_job_with_their_message(store):
@@ -281,8 +297,7 @@ def test_a_new_coordinator_reads_finished_jobs_and_resumes_unfinished_ones(store
         first_generator.hold = True
         first_generator.release = asyncio.Event()
         await first.submit(unfinished_plan)
-        await asyncio.sleep(0.05)
-        assert (await first.status(unfinished_plan.request_id)).status == "running"
+        await wait_running(first, unfinished_plan.request_id)
         await first.close()  # the coordinator dies mid-job
 
         second_generator = ScriptedGenerator()
@@ -306,7 +321,7 @@ def test_a_job_interrupted_with_no_retry_left_fails_on_recovery(store):
         first, _ = coordinator(store, generator, max_attempts=1)
         plan = make_plan()
         await first.submit(plan)
-        await asyncio.sleep(0.05)
+        await wait_running(first, plan.request_id)
         await first.close()
         second, _ = coordinator(store, ScriptedGenerator(), max_attempts=1)
         await second.recover()
@@ -357,7 +372,7 @@ def test_a_job_that_cannot_be_recorded_is_refused_and_never_runs(store, monkeypa
         plan = make_plan()
         with pytest.raises(Unavailable):
             await jobs.submit(plan)
-        await asyncio.sleep(0.05)
+        # Not found means never enqueued: no task exists that could start it later.
         with pytest.raises(JobNotFound):
             await jobs.status(plan.request_id)
         return generator.started, jobs.records.active_ids()
@@ -371,10 +386,12 @@ def test_eta_comes_from_measured_step_time():
 
     async def scenario(store):
         generator = ScriptedGenerator(hold=True)
-        jobs = JobCoordinator(JobRecords(store), generator, clock=lambda: now[0])
+        jobs = JobCoordinator(
+            JobRecords(store), generator, clock=lambda: now[0], config=CoordinatorConfig(watch_interval_s=0.0)
+        )
         plan = make_plan()
         await jobs.submit(plan)
-        await asyncio.sleep(0.05)
+        await wait_running(jobs, plan.request_id)
         before = await jobs.status(plan.request_id)
         job = jobs._jobs[plan.request_id]
         now[0] += 2.0  # two seconds for the first step
@@ -436,24 +453,29 @@ def test_a_final_state_the_store_refused_is_recorded_once_it_is_back(store, monk
 
 
 def test_a_cancel_that_races_the_end_reports_how_the_job_ended(store, monkeypatch):
-    import time as clock
+    import threading
+
+    saving, release = threading.Event(), threading.Event()
 
     async def scenario():
         jobs, _ = coordinator(store, ScriptedGenerator())
         real_save = jobs.records.save
 
-        def slow_final_save(record):
+        def held_final_save(record):
             if record.status.finished:
-                clock.sleep(0.3)  # the success is being recorded while the DELETE arrives
+                saving.set()  # the success is being recorded while the DELETE arrives
+                release.wait(30)
             real_save(record)
 
-        monkeypatch.setattr(jobs.records, "save", slow_final_save)
+        monkeypatch.setattr(jobs.records, "save", held_final_save)
         plan = make_plan()
         await jobs.submit(plan)
-        while not jobs._jobs[plan.request_id].finishing:
-            await asyncio.sleep(0.005)
+        await asyncio.to_thread(saving.wait, 30)
+        cancel = asyncio.create_task(jobs.cancel(plan.request_id))
+        await settled(lambda: jobs._jobs[plan.request_id].ended._waiters)  # the DELETE waits for the end
+        release.set()
         with pytest.raises(JobConflict):
-            await jobs.cancel(plan.request_id)
+            await cancel
         status = await jobs.status(plan.request_id)
         await jobs.close()
         return status

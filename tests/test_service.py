@@ -17,7 +17,7 @@ import soundfile as sf
 
 from deployments.app import build_app
 
-from .conftest import METRICS_PORT, TEST_MODEL, needs_erg, run_app
+from .conftest import METRICS_PORT, TEST_MODEL, run_app
 
 APP = "acestep"
 DURATION = 1.5
@@ -73,14 +73,7 @@ def field_of(response: httpx.Response) -> list[str]:
 # ------------------------------------------------------------------ recipes
 
 
-@pytest.mark.parametrize(
-    "preset",
-    [
-        pytest.param("balanced", marks=needs_erg),
-        pytest.param("freestyle", marks=needs_erg),
-        "precision",
-    ],
-)
+@pytest.mark.parametrize("preset", ["balanced", "freestyle", "precision"])
 def test_each_guide_recipe_returns_the_requested_audio_with_its_sidecar(client, outputs_dir, preset):
     body = generate(client, preset=preset, actual_seeds=[42])
     (output,) = body["outputs"]
@@ -131,7 +124,9 @@ def test_output_formats_and_names(client, outputs_dir):
 # ------------------------------------------------------------------ batching
 
 
-def test_concurrent_requests_share_a_batch_by_duration_only(client):
+def test_concurrent_requests_of_different_durations_never_share_a_batch(client):
+    # How many share a batch depends on when each request reaches the generator, so the exact
+    # composition is checked in-process (test_engine.py); over HTTP only what timing cannot change.
     bodies = [
         {"prompt": f"song {index}", "infer_step": 3, "audio_duration": duration, "actual_seeds": [index]}
         for index, duration in enumerate([1.0, 1.0, 1.0, 2.0, 2.0])
@@ -140,7 +135,8 @@ def test_concurrent_requests_share_a_batch_by_duration_only(client):
         responses = list(pool.map(lambda body: client.post("/generate", json=body), bodies))
     outputs = [response.json()["outputs"][0] for response in responses]
     assert [output["duration"] for output in outputs] == [1.0, 1.0, 1.0, 2.0, 2.0]
-    assert [output["batch_size"] for output in outputs] == [3, 3, 3, 2, 2]
+    assert all(1 <= output["batch_size"] <= 3 for output in outputs[:3])
+    assert all(1 <= output["batch_size"] <= 2 for output in outputs[3:])
 
 
 # ------------------------------------------------------------------ errors

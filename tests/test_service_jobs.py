@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -174,6 +175,29 @@ def test_each_finished_job_calls_its_webhook_exactly_once(client, webhooks):
     time.sleep(1.0)  # a second call, if any, would arrive now
     assert sorted(headers["Idempotency-Key"] for headers, _ in webhooks.calls) == sorted(job["job_id"] for job in jobs)
     assert all(body["status"] == "succeeded" and body["result"]["outputs"] for _, body in webhooks.calls)
+
+
+def _coordinator_log() -> str:
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return "".join(path.read_text() for path in logs.glob(f"replica_{APP}_JobCoordinator_*.log"))
+
+
+def test_client_errors_are_logged_at_info_without_a_traceback(client):
+    tracebacks = _coordinator_log().count("Traceback")
+    unknown = "0" * 32
+    assert client.get(f"/jobs/{unknown}").status_code == 404
+    assert client.delete(f"/jobs/{unknown}").status_code == 404
+    # Serve logs what a replica method raised before the caller hears of it: the log is complete now.
+    log = _coordinator_log()
+    assert log.count("Traceback") == tracebacks
+    assert log.count("client error 404 not_found") >= 2
+
+
+def test_unknown_routes_answer_in_the_documented_error_shape(client):
+    response = client.get("/no/such/route")
+    assert response.status_code == 404 and response.json()["error"]["type"] == "not_found"
 
 
 def test_unknown_jobs_and_bad_bodies(client):

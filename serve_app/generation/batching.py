@@ -5,8 +5,10 @@ scheduler looks at the per-key queues and takes a *ready* one: full (at its
 per-key size cap) or holding an item that has waited ``max_wait_s``. Among
 ready queues it serves the one whose head has waited longest, so busy keys
 cannot starve quiet ones. Batches are formed only when the worker is free,
-which keeps them large under load (``@serve.batch`` closes batches on a timer
-instead; see ``ray-serve-notes.md``).
+which keeps them large under load (``@serve.batch`` instead closes a batch when
+its timer fires, whether or not the worker is free).
+
+Time comes from ``clock`` and ``sleep``, so tests drive it with a fake clock.
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ class KeyedBatcher(Generic[Key, Item, Result]):
         max_batch_size: Callable[[Key], int],
         max_wait_s: float,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._clock = clock
+        self._sleep = sleep
         self._queues: OrderedDict[Key, list[_Entry[Item]]] = OrderedDict()
         self._arrived = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
@@ -79,6 +83,16 @@ class KeyedBatcher(Generic[Key, Item, Result]):
         else:
             self._queues.pop(key, None)
 
+    async def close(self) -> None:
+        """Stop scheduling: queued callers and a running batch are cancelled."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for entries in self._queues.values():
+            for entry in entries:
+                entry.future.cancel()
+        self._queues.clear()
+
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._serve_forever())
@@ -89,13 +103,18 @@ class KeyedBatcher(Generic[Key, Item, Result]):
             key, wake_at = self._next_ready(self._clock())
             if key is None:
                 self._arrived.clear()
-                timeout = None if wake_at is None else max(0.0, wake_at - self._clock())
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), timeout)
-                except TimeoutError:
-                    pass
+                await self._arrival_or_deadline(None if wake_at is None else max(0.0, wake_at - self._clock()))
                 continue
             await self._run(key)
+
+    async def _arrival_or_deadline(self, timeout_s: float | None) -> None:
+        arrival = asyncio.ensure_future(self._arrived.wait())
+        waits = {arrival} if timeout_s is None else {arrival, asyncio.ensure_future(self._sleep(timeout_s))}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def _drop_cancelled(self) -> None:
         for key in list(self._queues):

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -94,16 +94,26 @@ class GenerationEngine:
         store: ObjectStore,
         config: EngineConfig | None = None,
         metrics: NullMetrics | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``clock`` and ``sleep`` time the batch wait (tests pass a fake clock)."""
         self.pipelines = dict(pipelines)
         self.store = store
         self.config = config or EngineConfig()
         self.metrics = metrics or NullMetrics()
         self._batcher: KeyedBatcher[BatchSettings, _Work, _Generated] = KeyedBatcher(
-            self._run_batch, max_batch_size=self.batch_cap, max_wait_s=self.config.batch_wait_s
+            self._run_batch,
+            max_batch_size=self.batch_cap,
+            max_wait_s=self.config.batch_wait_s,
+            clock=clock,
+            sleep=sleep,
         )
         self._gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")
         self._io = ThreadPoolExecutor(self.config.io_workers, thread_name_prefix="encode-upload")
+        self._io_pending: set[asyncio.Future] = set()
+        """Writes and removals on the I/O pool that no request waits for any more; ``drain`` waits for them."""
         self._device_error: str | None = None
         self._sources = SourceLibrary(store, self.config.max_source_bytes)
 
@@ -225,6 +235,7 @@ class GenerationEngine:
             written = await asyncio.shield(write)
         except asyncio.CancelledError:
             # The request was abandoned while its files were being written: remove them once they land.
+            self._track(write)
             write.add_done_callback(self._discard_abandoned)
             raise
         work.report("done", work.total_steps)
@@ -351,9 +362,13 @@ class GenerationEngine:
             failures=[ItemFailure(seed=error.seed, message=error.reason) for error in failures],
         )
 
+    def _track(self, work: asyncio.Future) -> None:
+        self._io_pending.add(work)
+        work.add_done_callback(self._io_pending.discard)
+
     def _discard_abandoned(self, write: asyncio.Future) -> None:
         if not write.cancelled() and write.exception() is None:
-            self._io.submit(self._discard, [write.result()])
+            self._track(asyncio.get_running_loop().run_in_executor(self._io, self._discard, [write.result()]))
 
     def _discard(self, written: list[_Written]) -> None:
         # Audio first: an audio object never outlives its sidecar (see write_output).
@@ -375,9 +390,21 @@ class GenerationEngine:
         if self._device_error is not None:
             raise RuntimeError(f"the device failed and needs a new process: {self._device_error}")
 
-    def close(self) -> None:
+    async def drain(self) -> None:
+        """Wait until the writes and removals of abandoned requests have landed."""
+        while self._io_pending:
+            # A write that lands schedules its removal before this wait returns, so loop until none is left.
+            await asyncio.gather(*self._io_pending, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop batching (queued items are cancelled), let pending writes and removals land, free the pools.
+
+        The deployment calls this on shutdown, after Serve drained its requests.
+        """
+        await self._batcher.close()
+        await self.drain()
         self._gpu.shutdown(wait=False, cancel_futures=True)
-        self._io.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=True)
 
 
 def resolved_params(plan: GenerationPlan) -> dict:

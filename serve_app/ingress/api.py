@@ -7,16 +7,15 @@ an in-process frontend.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import mimetypes
-import os
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.exceptions import HTTPException
 
 from ..errors import InvalidRequest, PayloadTooLarge, ServiceError, Unauthorized
 from ..jobs import JobAccepted, JobRequest, JobStatus
@@ -28,25 +27,24 @@ from ..schemas import (
     ModelInfo,
     PresetInfo,
 )
+from .auth import ApiKeys
 from .frontend import Frontend
 
 logger = logging.getLogger(__name__)
 
-API_KEYS_ENV = "ACESTEP_API_KEYS"
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (401, 404, 409, 422, 500, 503)}
+# Errors the routing layer raises itself (no route, wrong method, an unreadable body), by status.
+HTTP_ERROR_TYPES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
 
 
-def require_api_key(request: Request) -> None:
-    """Bearer-token auth, on when ``ACESTEP_API_KEYS`` (comma-separated) is set."""
-    keys = [key.strip() for key in os.environ.get(API_KEYS_ENV, "").split(",") if key.strip()]
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), key.encode()) for key in keys):
-        raise Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
+def create_app(frontend: Frontend, api_keys: ApiKeys | None = None) -> FastAPI:
+    """``api_keys`` defaults to ``ACESTEP_API_KEYS``; a malformed value raises ``AuthConfigError``."""
+    api_keys = ApiKeys.from_env() if api_keys is None else api_keys
 
+    def require_api_key(request: Request) -> None:
+        if not api_keys.allows(request.headers.get("authorization", "")):
+            raise Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
 
-def create_app(frontend: Frontend) -> FastAPI:
     app = FastAPI(
         title="ACE-Step music generation",
         description="Text and lyrics to music with ACE-Step, batched on GPUs, outputs in object storage.",
@@ -162,6 +160,12 @@ def _install_error_handlers(app: FastAPI, frontend: Frontend) -> None:
         retry_after = getattr(exc, "retry_after_s", None)
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         return JSONResponse(exc.body().model_dump(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def routing_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # The documented {"error": ...} shape, not the framework's {"detail": ...}.
+        error = ErrorBody(type=HTTP_ERROR_TYPES.get(exc.status_code, "http_error"), message=str(exc.detail))
+        return JSONResponse(ErrorResponse(error=error).model_dump(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

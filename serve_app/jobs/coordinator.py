@@ -130,6 +130,9 @@ class JobCoordinator:
         self._tail_s: float | None = None
         """Measured seconds from a job's last diffusion step to its result (decode, encode, upload)."""
         self._background: set[asyncio.Task] = set()
+        """Follow-ups (final record, webhook, marker): ``close`` cancels them, a restarted coordinator redoes them."""
+        self._writes: set[asyncio.Task] = set()
+        """Progress records being written: ``close`` lets them land, so the store holds the last state seen."""
 
     # ------------------------------------------------------------------ public
 
@@ -234,11 +237,13 @@ class JobCoordinator:
         return len(resumed)
 
     async def close(self) -> None:
+        """Stop: running jobs and follow-ups are cancelled (the next coordinator resumes them from
+        the store), record writes already under way land first."""
         running = [job.task for job in self._jobs.values() if job.task is not None]
         tasks = [task for task in (*running, *self._background) if not task.done()]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._writes, return_exceptions=True)
 
     # --------------------------------------------------------------- running
 
@@ -329,12 +334,13 @@ class JobCoordinator:
         job.touch()
         if became_running or self._clock() - job.persisted_at >= self.config.persist_interval_s:
             job.persisted_at = self._clock()
-            self._in_background(self._persist(job))
+            self._in_background(self._persist(job), self._writes)
 
-    def _in_background(self, work) -> asyncio.Task:
+    def _in_background(self, work, tasks: set[asyncio.Task] | None = None) -> asyncio.Task:
+        tasks = self._background if tasks is None else tasks
         task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._background.discard)
+        tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(tasks.discard)
         return task
 
     # --------------------------------------------------------------- finishing

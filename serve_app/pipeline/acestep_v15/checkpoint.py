@@ -11,11 +11,6 @@ from . import configs
 MODEL_INDEX = "model_index.json"
 NULL_CONDITION_KEY = "null_condition_emb"
 
-_CONFIG_FILES = {
-    "tokenizer": ("tokenizer_config.json",),
-    "scheduler": ("scheduler_config.json",),
-}
-
 
 def _components(path: Path) -> dict[str, tuple[str, str]]:
     index = json.loads((path / MODEL_INDEX).read_text())
