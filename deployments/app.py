@@ -44,9 +44,10 @@ DEFAULT_GENERATOR_OPTIONS: dict[str, Any] = {
         "upscale_delay_s": 30,
         "downscale_delay_s": 600,
     },
-    # Enough requests inside the replica to fill batches; the rest wait at the
-    # caller, and past max_queued_requests callers get 503 + Retry-After.
-    "max_ongoing_requests": 32,
+    # About two batches inside the replica: the rest of a backlog waits at the
+    # callers, where any replica (a new one too) can take it; past
+    # max_queued_requests callers get 503 + Retry-After.
+    "max_ongoing_requests": 16,
     "max_queued_requests": 256,
     "health_check_period_s": 10,
     "health_check_timeout_s": 30,
@@ -62,6 +63,27 @@ DEFAULT_COORDINATOR_OPTIONS: dict[str, Any] = {
     "graceful_shutdown_timeout_s": 30,
 }
 ONE_REPLICA = {"min_replicas": 1, "max_replicas": 1}
+
+
+def generator_scheduling(config: AppConfig) -> dict[str, Any]:
+    """The generator's autoscaling policy and request router, as ``config`` chooses them."""
+    options: dict[str, Any] = {}
+    if config.autoscaling == "backlog":
+        options["autoscaling_config"] = {
+            "policy": {
+                "policy_function": "serve_app.scheduling.backlog_policy:BacklogPolicy",
+                "policy_kwargs": {"target_queue_wait_s": config.target_queue_wait_s},
+            },
+            # Serve's default pushes replica metrics every 10 s; backlog should be seconds old.
+            "metrics_interval_s": 1.0,
+            "look_back_period_s": 5.0,
+        }
+    if config.routing == "batch_key":
+        options["request_router_config"] = {
+            "request_router_class": "deployments.router:BatchKeyRouter",
+            "request_routing_stats_period_s": 0.25,
+        }
+    return options
 
 
 def merge_options(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +106,7 @@ def merge_options(base: dict[str, Any], override: dict[str, Any]) -> dict[str, A
 def deployment_options(config: AppConfig) -> dict[str, dict[str, Any]]:
     """Each deployment's Serve options for ``config``."""
     generator = merge_options(DEFAULT_GENERATOR_OPTIONS, {"ray_actor_options": {"num_gpus": config.num_gpus}})
+    generator = merge_options(generator, generator_scheduling(config))
     options = {INGRESS: DEFAULT_INGRESS_OPTIONS, GENERATOR: generator, COORDINATOR: DEFAULT_COORDINATOR_OPTIONS}
     if config.num_gpus == 0:
         # CPU mode: one replica of each, as they share the machine's cores.

@@ -36,6 +36,7 @@ from serve_app.schemas import GenerateRequest, GenerateResponse, GenerationPlan,
 
 from .calls import call
 from .cluster import make_store
+from .replica_logs import route_app_logs_to_serve
 
 READY_CACHE_S = 2.0
 GENERATE_ATTEMPTS = 2
@@ -114,11 +115,15 @@ class ServeJobsClient:
     async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]:
         return await self._call(lambda: self.handle.wait_for_change.remote(job_id, version, timeout_s))
 
+    async def health(self) -> dict[str, str]:
+        return await self._call(lambda: self.handle.health.remote())
+
 
 # Deployment options (replicas, resources, queues) are in deployments/app.py.
 @serve.ingress()
 class Ingress:
     def __init__(self, generator: DeploymentHandle, jobs: DeploymentHandle, config: dict) -> None:
+        route_app_logs_to_serve()
         log_client_errors_at_info(logger)
         self.config = AppConfig.model_validate(config)
         # A malformed ACESTEP_API_KEYS stops the replica here, before it serves anything.
@@ -131,10 +136,12 @@ class Ingress:
             compile_allowed=self.config.torch_compile != "off",
         )
         app_name = serve.get_replica_context().app_name
+        store = make_store(self.config)
+        logger.info("storage: %s (%s)", self.config.storage.resolved_kind(), store)
         self.frontend = Frontend(
             planner,
             ServeGeneratorClient(generator, app_name, self.config.generate_timeout_s),
-            make_store(self.config),
+            store,
             ServeMetrics(),
             jobs=ServeJobsClient(jobs, self.config.generate_timeout_s),
             jobs_prefix=self.config.jobs_prefix,

@@ -87,7 +87,17 @@ class AppConfig(BaseModel):
     with ``torch_compile: true``; ``off``: such a request is a 422. Compiling takes minutes on the GPU
     thread, so it is never started by a request alone."""
     jobs_prefix: str = Field(default="jobs", pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    """Key prefix of the job records in the store; reserved, so no output is written under it."""
+    """Key prefix of the job records and pending-upload markers in the store; reserved, so no output
+    is written under it."""
+    output_ttl_days: int | None = Field(default=None, ge=1)
+    """Outputs, their sidecars and job records are deleted this many days after they were written
+    (None: kept forever). On MinIO/S3 a bucket lifecycle rule (the store expires them); on the local
+    store a sweep every ``maintenance_interval_s``."""
+    maintenance_interval_s: float = Field(default=600.0, gt=0)
+    """How often the job coordinator removes what failed uploads left and sweeps expired local outputs."""
+    abandoned_upload_after_s: float = Field(default=3600.0, gt=0)
+    """A request's uploads still unfinished after this long were abandoned (their request failed or
+    its replica died): what they left is removed. Keep it above the longest request's upload span."""
     jobs_max_in_flight: int = Field(default=64, ge=1)
     """Jobs sent to the generators at once; the rest wait in the coordinator, in order."""
     webhook_allow_private_networks: bool = False
@@ -96,6 +106,13 @@ class AppConfig(BaseModel):
     """How long a caller (the ingress, the job coordinator) waits for a generator replica to take a
     request before giving up with a 503 (no replica placed, every queue full); not a limit on the
     generation itself."""
+    autoscaling: Literal["backlog", "requests"] = "backlog"
+    """Generator autoscaling: ``backlog`` keeps the expected wait (estimated GPU seconds queued per
+    replica) under ``target_queue_wait_s``; ``requests`` is Serve's policy on ongoing requests."""
+    target_queue_wait_s: float = Field(default=30.0, gt=0)
+    routing: Literal["batch_key", "default"] = "batch_key"
+    """Generator routing: ``batch_key`` sends a plan to the replica forming a batch of its key, else
+    the least loaded; ``default`` is Serve's power-of-two-choices router."""
     deployment_options: dict[DeploymentName, dict[str, Any]] = Field(default_factory=dict)
     """Per deployment, Serve options merged over the defaults in ``deployments/app.py``
     (dicts such as ``ray_actor_options`` key by key)."""

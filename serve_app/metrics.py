@@ -7,9 +7,18 @@ included, uses ``NullMetrics``.
 
 from __future__ import annotations
 
+# Ray's exporter does not pass observations through: each process counts them per bucket, and the
+# node's agent re-records every count at its bucket's midpoint (the first bucket's lower edge is 0,
+# the +Inf bucket's "midpoint" twice the last bound). Bounds are chosen with that in mind.
 LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
-BATCH_SIZE_BUCKETS = [1, 2, 3, 4, 6, 8, 12, 16, 32]
-RTF_BUCKETS = [0.5, 1, 2, 5, 10, 20, 30, 50, 100, 200]
+QUEUE_WAIT_BUCKETS_S = [0.005, 0.01, 0.025, *LATENCY_BUCKETS_S]
+"""Queue waits include ``batch_wait_s`` (0.1 s by default): the low end needs resolution."""
+STORAGE_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+"""A local write takes milliseconds, a MinIO upload of a long song seconds."""
+BATCH_SIZE_BUCKETS = [size + 0.5 for size in range(17)] + [24.5, 32.5, 48.5, 64.5]
+"""Half-integer bounds make each batch size up to 16 the midpoint of its own bucket, so the exported
+counts per size and ``_sum`` are exact; sizes above 16 (``max_batch_size`` allows 64) share buckets."""
+RTF_BUCKETS = [0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 50, 100, 200]
 
 
 class NullMetrics:
@@ -59,14 +68,14 @@ class ServeMetrics(NullMetrics):
         self._queue_wait_s = Histogram(
             "acestep_queue_wait_seconds",
             description="Seconds an item waited before its batch started.",
-            boundaries=LATENCY_BUCKETS_S,
+            boundaries=QUEUE_WAIT_BUCKETS_S,
             tag_keys=("model",),
         )
         self._queue_depth = Gauge("acestep_queue_depth", description="Items waiting for a batch on this replica.")
         self._storage_s = Histogram(
             "acestep_storage_seconds",
             description="Object-store operation latency.",
-            boundaries=LATENCY_BUCKETS_S,
+            boundaries=STORAGE_BUCKETS_S,
             tag_keys=("op", "ok"),
         )
 

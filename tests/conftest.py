@@ -9,11 +9,12 @@ does the S3 server (SeaweedFS, see s3_server.py).
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
 from serve_app.pipeline.registry import MODELS_DIR_ENV
+
+from .ports import free_port
 
 # A v1-family model: the guide's balanced and freestyle recipes turn ERG on, which only v1 honours,
 # and the service tests run those recipes.
@@ -74,13 +75,6 @@ def minio_store(s3_server, s3_bucket, sleeps):
 
 
 # ------------------------------------------------------------------ Ray Serve
-
-
-def free_port() -> int:
-    """A port nothing listens on now, so parallel test sessions on one machine do not collide."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 SERVE_PORT = free_port()

@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,14 +30,17 @@ from typing import Any
 
 from minio import Minio
 
+from .ports import HOST, free_ports
+
 __all__ = ["SeaweedS3", "weed_binary"]
 
-HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 # weed derives a component's gRPC port as its HTTP port + 10000 in places (the
 # admin worker ignores -admin.port.grpc), so every HTTP port is chosen with that
-# one free too and passed explicitly as the gRPC port.
+# one free too and passed explicitly as the gRPC port. Both lie outside the
+# ephemeral range, so no outgoing connection takes them while the server is
+# stopped for an outage test.
 GRPC_OFFSET = 10000
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 
@@ -54,30 +56,13 @@ def weed_binary() -> str:
     return found
 
 
-def _free_port_pairs(count: int) -> list[int]:
-    """``count`` HTTP ports ``p`` with ``p`` and ``p + GRPC_OFFSET`` free on the loopback interface."""
-    held: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < count:
-            probe = socket.socket()
-            held.append(probe)
-            probe.bind((HOST, 0))
-            port = probe.getsockname()[1]
-            if port + GRPC_OFFSET > 65535:
-                continue
-            partner = socket.socket()
-            try:
-                partner.bind((HOST, port + GRPC_OFFSET))
-            except OSError:
-                partner.close()
-                continue
-            held.append(partner)
-            ports.append(port)
-    finally:
-        for sock in held:
-            sock.close()
-    return ports
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL (Linux)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class SeaweedS3:
@@ -89,7 +74,7 @@ class SeaweedS3:
         self.directory = Path(directory)
         self.access_key = access_key
         self.secret_key = secrets.token_hex(16)
-        self.ports = dict(zip(COMPONENTS, _free_port_pairs(len(COMPONENTS))))
+        self.ports = dict(zip(COMPONENTS, free_ports(len(COMPONENTS), partner_offset=GRPC_OFFSET)))
         self._process: subprocess.Popen[bytes] | None = None
         self._bucket_ids = itertools.count()
 
@@ -127,7 +112,12 @@ class SeaweedS3:
         env.pop("S3_BUCKET", None)  # weed would create it on start
         with open(self.directory / "weed.log", "ab") as log:
             self._process = subprocess.Popen(
-                self._command(), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self._command(),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C meant for pytest does not stop it mid-test
+                preexec_fn=_die_with_parent,
             )
         self._wait_until_ready()
         return self.endpoint

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from ray.exceptions import ActorDiedError, RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.ingress import ServeGeneratorClient
+from serve_app.audio import content_type, encode_audio
 from serve_app.errors import InvalidRequest, Unavailable
 from serve_app.ingress.api import create_app
 from serve_app.ingress.auth import API_KEYS_ENV, ApiKeys, AuthConfigError
 from serve_app.ingress.frontend import Frontend
 from serve_app.ingress.planner import Planner
 from serve_app.ingress.presets import PresetBook
-from serve_app.storage import LocalStore
+from serve_app.storage import LocalStore, write_output
 
 from .conftest import TEST_MODEL
 
@@ -202,6 +204,69 @@ def test_models_show_their_lyric_limit(tmp_path):
     assert {model["name"]: model["max_lyric_tokens"] for model in models} == {
         name: spec.max_lyric_tokens for name, spec in CATALOG.items()
     }
+
+
+# ------------------------------------------------------------------ /outputs
+
+
+@pytest.fixture
+def stored_wav(tmp_path):
+    """A client over a local store holding one 48 kHz wav written as the generator writes it."""
+    store = LocalStore(tmp_path)
+    audio = np.linspace(-0.5, 0.5, 48000, dtype=np.float32)
+    data = encode_audio(audio[None, :], 48000, "wav")
+    key = "2026-12-01/abc/42.wav"
+    write_output(store, key, data, content_type("wav"), {"params": {"actual_seeds": [42]}})
+    planner = Planner(PresetBook.load(), served_models=[TEST_MODEL], default_model=TEST_MODEL)
+    generator = ServeGeneratorClient(FakeHandle(RuntimeError("unused")), app_name="acestep", accept_timeout_s=5)
+    client = TestClient(create_app(Frontend(planner, generator, store)), raise_server_exceptions=False)
+    return client, store, key, data
+
+
+def test_an_output_is_served_whole_with_its_sidecar_type_and_cache_validators(stored_wav, monkeypatch):
+    client, store, key, data = stored_wav
+    read_whole = []
+    monkeypatch.setattr(store, "get", lambda k, get=store.get: read_whole.append(k) or get(k))
+    response = client.get(f"/outputs/{key}")
+    assert response.status_code == 200 and response.content == data
+    assert response.headers["content-type"] == "audio/wav"  # the sidecar's, not mimetypes' audio/x-wav
+    assert response.headers["accept-ranges"] == "bytes"
+    assert response.headers["etag"] and response.headers["last-modified"]
+    assert key not in read_whole  # streamed from the file, never loaded into memory
+    assert client.get(f"/outputs/{key}.json").headers["content-type"] == "application/json"
+
+
+def test_a_range_request_gets_206_with_exactly_that_slice(stored_wav):
+    client, _, key, data = stored_wav
+    response = client.get(f"/outputs/{key}", headers={"Range": "bytes=0-99"})
+    assert response.status_code == 206 and response.content == data[:100]
+    assert response.headers["content-range"] == f"bytes 0-99/{len(data)}"
+    tail = client.get(f"/outputs/{key}", headers={"Range": "bytes=-10"})
+    assert tail.status_code == 206 and tail.content == data[-10:]
+    beyond = client.get(f"/outputs/{key}", headers={"Range": f"bytes={len(data)}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(data)}"
+
+
+def test_a_stale_if_range_gets_the_whole_file(stored_wav):
+    client, _, key, data = stored_wav
+    response = client.get(f"/outputs/{key}", headers={"Range": "bytes=0-99", "If-Range": '"another-version"'})
+    assert response.status_code == 200 and response.content == data
+
+
+def test_head_gives_the_length_without_a_body(stored_wav):
+    client, _, key, data = stored_wav
+    response = client.head(f"/outputs/{key}")
+    assert response.status_code == 200 and response.content == b""
+    assert int(response.headers["content-length"]) == len(data) and response.headers["content-type"] == "audio/wav"
+    assert client.head("/outputs/2026-12-01/abc/missing.wav").status_code == 404
+
+
+def test_outputs_need_the_key_when_auth_is_on(stored_wav):
+    open_client, _, key, _ = stored_wav
+    client = TestClient(create_app(open_client.app.state.frontend, ApiKeys.from_env({API_KEYS_ENV: "k1"})))
+    assert client.get(f"/outputs/{key}").status_code == 401
+    assert client.head(f"/outputs/{key}").status_code == 401
+    assert client.get(f"/outputs/{key}", headers={"Authorization": "Bearer k1"}).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,13 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.app import DEFAULT_GENERATOR_OPTIONS, build_app, deployment_options, merge_options
+from deployments.app import (
+    DEFAULT_GENERATOR_OPTIONS,
+    build_app,
+    deployment_options,
+    generator_scheduling,
+    merge_options,
+)
 from serve_app.config import AppConfig
 from serve_app.pipeline.registry import get_spec
 
@@ -57,7 +63,10 @@ def test_deployment_options_merge_over_the_defaults_key_by_key():
     generator = options["Generator"]
     assert generator["ray_actor_options"] == {"num_gpus": 2, "num_cpus": 2}
     assert generator["max_ongoing_requests"] == 4
-    assert generator["autoscaling_config"] == DEFAULT_GENERATOR_OPTIONS["autoscaling_config"]
+    assert generator["autoscaling_config"] == {
+        **DEFAULT_GENERATOR_OPTIONS["autoscaling_config"],
+        **generator_scheduling(config)["autoscaling_config"],
+    }
     # A fixed count replaces autoscaling (Serve refuses both).
     assert options["Ingress"]["num_replicas"] == 3 and "autoscaling_config" not in options["Ingress"]
     assert merge_options({"num_replicas": 1}, {"autoscaling_config": {"max_replicas": 2}}) == {
@@ -106,3 +115,17 @@ def test_a_stopping_ingress_waits_as_long_as_the_generator_for_requests_in_fligh
         overrides = {deployment.name: deployment.graceful_shutdown_timeout_s for deployment in application.deployments}
         timeouts.update({name: value for name, value in overrides.items() if isinstance(value, (int, float))})
         assert timeouts["Ingress"] >= timeouts["Generator"], (name, timeouts)
+
+
+def test_generators_scale_on_backlog_and_route_by_batch_key_unless_told_otherwise():
+    _, config = load("serve_config.yaml")
+    generator = deployment_options(config)["Generator"]
+    policy = generator["autoscaling_config"]["policy"]
+    assert policy["policy_function"] == "serve_app.scheduling.backlog_policy:BacklogPolicy"
+    assert policy["policy_kwargs"] == {"target_queue_wait_s": config.target_queue_wait_s}
+    assert generator["request_router_config"]["request_router_class"] == "deployments.router:BatchKeyRouter"
+
+    plain = deployment_options(config.model_copy(update={"autoscaling": "requests", "routing": "default"}))
+    assert "policy" not in plain["Generator"]["autoscaling_config"]
+    assert plain["Generator"]["autoscaling_config"]["target_ongoing_requests"] > 0
+    assert "request_router_config" not in plain["Generator"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -263,3 +265,12 @@ def test_events_stream_progress_then_the_response_and_closing_early_cancels(pipe
         assert steps[0][0] == "queued" and ("running", 4) in steps and steps[-1][0] in ("encoding", "done")
     # The abandoned request stopped at a step boundary and wrote nothing.
     assert stored_after_abandon and not [key for key in stored_after_abandon if abandoned.request_id in key]
+
+
+def test_loading_a_model_logs_that_it_is_ready_with_its_dtype_device_and_load_time(models_root, caplog):
+    caplog.set_level(logging.INFO, logger="serve_app.pipeline")
+    pipeline = MusicPipeline(TEST_MODEL, "cpu", models_root=models_root)
+    pipeline.model(bf16=False)
+    pipeline.model(bf16=False)  # already loaded: no second line
+    (line,) = [message for message in caplog.messages if message.startswith(f"model {TEST_MODEL} ready")]
+    assert re.fullmatch(rf"model {TEST_MODEL} ready: float32 on cpu, loaded in \d+\.\d s", line)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 
 import pytest
 
-from serve_app.errors import Unavailable
+from serve_app.errors import StorageMisconfigured, Unavailable
 from serve_app.jobs import CoordinatorConfig, JobConflict, JobCoordinator, JobNotFound, JobRecords
 from serve_app.jobs.webhooks import DeliveryOutcome
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
 from serve_app.progress import STAGE_ORDER, Progress
 from serve_app.schemas import GenerateResponse, GenerationPlan, Output
-from serve_app.storage import LocalStore, StorageUnavailableError
+from serve_app.storage import LocalStore, StorageConfigError, StorageUnavailableError
 
 from .fake_clock import settled
 
@@ -237,7 +238,7 @@ def test_cancelling_a_finished_job_is_a_conflict_and_cancelling_twice_is_idempot
     assert asyncio.run(scenario()).status == "cancelled"
 
 
-def test_a_lost_replica_is_retried_once_then_the_job_fails_with_the_reason(store):
+def test_a_lost_replica_is_retried_once_then_the_job_fails_with_the_reason(store, caplog):
     async def scenario():
         generator = ScriptedGenerator()
         jobs, _ = coordinator(store, generator)
@@ -250,8 +251,12 @@ def test_a_lost_replica_is_retried_once_then_the_job_fails_with_the_reason(store
         await jobs.close()
         return results
 
+    caplog.set_level(logging.INFO, logger="serve_app.jobs")
     retried, failed = asyncio.run(scenario())
     assert retried.status == "succeeded" and retried.attempts == 2
+    assert (
+        f"job {retried.job_id} lost its generator replica (replica died): retrying, attempt 2 of 2" in caplog.messages
+    )
     assert failed.status == "failed" and failed.attempts == 2
     assert failed.error.type == "replica_lost" and "lost 2 times" in failed.error.message
     assert "traceback" not in failed.error.message.lower()
@@ -285,7 +290,7 @@ def test_unknown_and_malformed_job_ids_are_not_found(store):
     asyncio.run(scenario())
 
 
-def test_a_new_coordinator_reads_finished_jobs_and_resumes_unfinished_ones(store):
+def test_a_new_coordinator_reads_finished_jobs_and_resumes_unfinished_ones(store, caplog):
     async def scenario():
         first_generator = ScriptedGenerator(hold=True)
         first, _ = coordinator(store, first_generator)
@@ -308,8 +313,10 @@ def test_a_new_coordinator_reads_finished_jobs_and_resumes_unfinished_ones(store
         await second.close()
         return resumed, finished, unfinished, second_generator.started
 
+    caplog.set_level(logging.INFO, logger="serve_app.jobs")
     resumed, finished, unfinished, started = asyncio.run(scenario())
     assert resumed == 1
+    assert f"job {unfinished.job_id} resumed after a restart: attempt 2 of 2" in caplog.messages
     assert finished.status == "succeeded"
     assert unfinished.status == "succeeded" and unfinished.attempts == 2
     assert started == [unfinished.job_id]
@@ -481,3 +488,70 @@ def test_a_cancel_that_races_the_end_reports_how_the_job_ended(store, monkeypatc
         return status
 
     assert asyncio.run(scenario()).status == "succeeded"
+
+
+class SwitchableStore:
+    """A local store that can be taken down: every call raises ``failure`` while ``down``."""
+
+    def __init__(self, store: LocalStore, failure: Exception | None = None) -> None:
+        self.store = store
+        self.down = True
+        self.failure = failure or StorageUnavailableError("store down at 127.0.0.1:9")
+
+    def __getattr__(self, name):
+        operation = getattr(self.store, name)
+
+        def call(*args, **kwargs):
+            if self.down:
+                raise self.failure
+            return operation(*args, **kwargs)
+
+        return call
+
+
+def test_a_coordinator_started_without_its_store_answers_503_then_resumes_by_itself(store):
+    async def scenario():
+        earlier, _ = coordinator(store, ScriptedGenerator(hold=True))
+        unfinished = make_plan()
+        await earlier.submit(unfinished)
+        await earlier.close()  # an unfinished job is left in the store
+
+        switchable = SwitchableStore(store)
+        jobs, _ = coordinator(switchable, ScriptedGenerator(), recovery_backoff_s=60.0, recovery_wait_s=1.0)
+        jobs.start_recovery()
+        with pytest.raises(Unavailable, match="storage"):
+            await jobs.submit(make_plan())
+        health_while_down = jobs.health()
+
+        switchable.down = False  # a call wakes recovery at once, despite the 60 s backoff
+        accepted = await jobs.submit(make_plan())
+        statuses = [await wait_finished(jobs, job_id) for job_id in (unfinished.request_id, accepted.job_id)]
+        await jobs.close()
+        return health_while_down, jobs.health(), statuses
+
+    health_while_down, health_after, statuses = asyncio.run(scenario())
+    assert health_while_down == {"jobs": "waiting for storage", "jobs_problem": "the object store cannot be reached"}
+    assert health_after == {"jobs": "ready"}
+    assert [status.status for status in statuses] == ["succeeded", "succeeded"]
+
+
+def test_while_recovery_meets_a_misconfigured_store_job_calls_say_so_and_are_not_retryable(store):
+    rejected = StorageConfigError(
+        "403 at 127.0.0.1:9", reason="the store rejected the keys", setting="MINIO_SECRET_KEY"
+    )
+
+    async def scenario():
+        jobs, _ = coordinator(SwitchableStore(store, rejected), ScriptedGenerator(), recovery_wait_s=0.5)
+        jobs.start_recovery()
+        with pytest.raises(StorageMisconfigured) as refused:
+            await jobs.submit(make_plan())
+        health = jobs.health()
+        await jobs.close()
+        return refused.value, health
+
+    refused, health = asyncio.run(scenario())
+    assert "MINIO_SECRET_KEY" in refused.message and "127.0.0.1" not in refused.message
+    assert health == {
+        "jobs": "waiting for storage",
+        "jobs_problem": "the store rejected the keys; check MINIO_SECRET_KEY",
+    }

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -177,6 +180,17 @@ def test_unknown_preset_or_model_lists_the_known_ones(client):
     assert field_of(response) == ["model"] and TEST_MODEL in response.text
 
 
+def test_outputs_stream_byte_ranges_for_seeking_players(client):
+    (output,) = generate(client, infer_step=3, actual_seeds=[5])["outputs"]
+    whole = client.get(output["url"])
+    assert whole.headers["content-type"] == "audio/wav"
+    first = client.get(output["url"], headers={"Range": "bytes=0-99"})
+    assert first.status_code == 206 and first.content == whole.content[:100]
+    head = client.head(output["url"])
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(whole.content)
+    assert head.headers["etag"] == whole.headers["etag"]
+
+
 def test_outputs_route_serves_only_the_store(client):
     assert client.get("/outputs/..%2F..%2Fetc%2Fpasswd").status_code == 404
     assert client.get("/outputs/nothing/here.wav").status_code == 404
@@ -194,6 +208,19 @@ def test_catalog_and_health(client):
     assert models[TEST_MODEL]["min_duration_s"] == 1.0 and models[TEST_MODEL]["max_duration_s"] == 240.0
     health = client.get("/health")
     assert health.status_code == 200 and health.json()["generator"] == "ready"
+
+
+def replica_log(deployment: str) -> str:
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return "".join(path.read_text() for path in logs.glob(f"replica_{APP}_{deployment}_*.log"))
+
+
+def test_replica_logs_say_which_models_and_storage_are_in_force(client, outputs_dir):
+    assert re.search(rf"model {TEST_MODEL} ready: \w+ on cpu, loaded in [\d.]+ s", replica_log("Generator"))
+    ingress = replica_log("Ingress")
+    assert f"storage: local (LocalStore(root='{outputs_dir}'))" in ingress
 
 
 def test_python_handle_api(base_url):
@@ -215,23 +242,70 @@ def test_python_handle_api(base_url):
     assert [field.field for field in caught.value.fields] == ["infer_step"]
 
 
-def test_metrics_reach_the_prometheus_endpoint(client):
-    import time
+def scrape_samples() -> list:
+    from prometheus_client.parser import text_string_to_metric_families
 
-    deadline = time.monotonic() + 30
-    text = ""
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        if "ray_acestep_batch_size" in text and "ray_acestep_requests_total" in text:
-            break
-        time.sleep(1)
-    for name in (
-        "ray_acestep_requests_total",
-        "ray_acestep_batch_size",
-        "ray_acestep_queue_wait_seconds",
-        "ray_acestep_generation_seconds",
-        "ray_acestep_audio_seconds_total",
-        "ray_acestep_storage_seconds",
-    ):
-        assert name in text, name
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def scrape() -> dict[tuple[str, str], float]:
+    """Each sample of the Prometheus endpoint by (name, le), summed over replicas and tags."""
+    samples: dict[tuple[str, str], float] = {}
+    for sample in scrape_samples():
+        key = (sample.name, sample.labels.get("le", ""))
+        samples[key] = samples.get(key, 0.0) + sample.value
+    return samples
+
+
+def batches_of_size(samples: dict, size: int) -> float:
+    bucket = "ray_acestep_batch_size_bucket"
+    return samples.get((bucket, f"{size + 0.5}"), 0.0) - samples.get((bucket, f"{size - 0.5}"), 0.0)
+
+
+def test_the_exported_batch_size_distribution_counts_each_batch_at_its_size(client):
+    before = scrape()
+    body = generate(client, infer_step=3, actual_seeds=[11, 12, 13, 14])  # no other test runs a batch of 4
+    assert [output["batch_size"] for output in body["outputs"]] == [4, 4, 4, 4]
+    deadline = time.monotonic() + 60  # Ray exports on an interval: wait for the batch to arrive
+    after = scrape()
+    while batches_of_size(after, 4) == batches_of_size(before, 4) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = scrape()
+    assert batches_of_size(after, 4) - batches_of_size(before, 4) == 1
+    # Every batch is counted at its own size, so the sum is exact: its mean is the mean batch size.
+    sizes = range(1, 17)
+    count = after[("ray_acestep_batch_size_count", "")]
+    assert count == sum(batches_of_size(after, size) for size in sizes)
+    assert after[("ray_acestep_batch_size_sum", "")] == sum(size * batches_of_size(after, size) for size in sizes)
+    assert after[("ray_acestep_batch_size_sum", "")] - before.get(("ray_acestep_batch_size_sum", ""), 0) >= 4
+
+
+def test_every_series_the_grafana_dashboard_queries_is_exported(client):
+    dashboard = json.loads((Path(__file__).parents[1] / "configs/grafana/acestep.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(ray_\w+)\{", target["expr"])
+    }
+    generate(client, infer_step=3)  # at least one of everything, then wait for Ray's export interval
+    labels: dict[str, set[str]] = {}
+    deadline = time.monotonic() + 60
+    while not queried <= labels.keys() and time.monotonic() < deadline:
+        labels = {}
+        for sample in scrape_samples():
+            labels.setdefault(sample.name, set()).update(sample.labels)
+        time.sleep(0.5)
+    assert queried <= labels.keys(), queried - labels.keys()
+    for name in queried:  # the dashboard's application filter, and each panel's legend labels, exist
+        assert "application" in labels[name], name
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            names = re.findall(r"\b(ray_\w+)\{", target["expr"])
+            for legend_label in re.findall(r"\{\{(\w+)\}\}", target["legendFormat"]):
+                assert legend_label == "le" or any(legend_label in labels[name] for name in names), (
+                    panel["title"],
+                    legend_label,
+                )

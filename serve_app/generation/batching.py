@@ -77,6 +77,10 @@ class KeyedBatcher(Generic[Key, Item, Result]):
     def queued(self) -> int:
         return sum(len(entries) for entries in self._queues.values())
 
+    def queued_by_key(self) -> dict[Key, int]:
+        """Items waiting per key (the running batch excluded)."""
+        return {key: len(entries) for key, entries in self._queues.items()}
+
     def _store(self, key: Key, entries: list[_Entry[Item]]) -> None:
         if entries:
             self._queues[key] = entries

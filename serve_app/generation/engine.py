@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +23,7 @@ from ..audio import content_type, encode_audio, file_extension, resample
 from ..errors import GenerationFailed, InvalidRequest, StorageMisconfigured, Unavailable
 from ..ingress.output_names import split_output_name
 from ..metrics import NullMetrics
+from ..pipeline.cost import CostModel
 from ..pipeline.music_pipeline import BatchOutput, ItemOutput, MusicPipeline
 from ..pipeline.settings import SOURCE_SAMPLE_RATE, BatchSettings, ItemSettings
 from ..pipeline.tasks import SOURCE_TASKS
@@ -30,7 +31,9 @@ from ..progress import GenerationCancelled, Progress, ProgressSink, Stage
 from ..schemas import GenerateResponse, GenerationPlan, ItemFailure, OutputFile
 from ..sources import MAX_SOURCE_BYTES, SourceError, SourceLibrary
 from ..storage import ObjectStore, StorageConfigError, StorageError, build_output_key, sidecar_key, write_output
+from ..storage.janitor import PendingUploads
 from .batching import BatchInfo, KeyedBatcher
+from .load import ReplicaLoad, batch_cap, key_id
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ class EngineConfig:
     """Caps the batch by total audio, so long durations get smaller batches."""
     batch_wait_s: float = 0.1
     output_prefix: str = ""
+    jobs_prefix: str = "jobs"
+    """Where the pending-upload markers go (``{jobs_prefix}/uploads/``, see ``serve_app.storage.janitor``)."""
     io_workers: int = 4
     max_source_bytes: int = MAX_SOURCE_BYTES
 
@@ -72,6 +77,26 @@ class _Work:
     def report(self, stage: Stage, step: int = 0) -> None:
         if self.progress is not None:
             self.progress(Progress(self.request_id, self.index, stage, step, self.total_steps))
+
+
+class _Upload:
+    """One request's outputs in the store: its marker is written once, before the first output."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.started_at = datetime.now(UTC)
+        """Also the date in every key of the request, so all its outputs share one folder."""
+        self.folder: str | None = None
+        """Set once the marker is written."""
+        self.lock = threading.Lock()
+        self.writes: list[asyncio.Future] = []
+
+    def begin(self, uploads: PendingUploads, key: str) -> None:
+        with self.lock:
+            if self.folder is None:
+                folder = key.rpartition("/")[0]
+                uploads.begin(self.request_id, folder, self.started_at)
+                self.folder = folder
 
 
 @dataclass
@@ -113,13 +138,43 @@ class GenerationEngine:
         self._gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")
         self._io = ThreadPoolExecutor(self.config.io_workers, thread_name_prefix="encode-upload")
         self._io_pending: set[asyncio.Future] = set()
-        """Writes and removals on the I/O pool that no request waits for any more; ``drain`` waits for them."""
+        """Clean-ups of cancelled requests (``_abandon``), which no request waits for; ``drain`` waits for them."""
         self._device_error: str | None = None
         self._sources = SourceLibrary(store, self.config.max_source_bytes)
+        self.uploads = PendingUploads(store, self.config.jobs_prefix)
+        self._costs = {name: CostModel(scale=pipeline.spec.relative_cost) for name, pipeline in self.pipelines.items()}
+        self._running_ends_at: float | None = None
+        """When the cost model expects the running batch to finish (``time.monotonic``)."""
+        self._requests = 0
 
     def batch_cap(self, settings: BatchSettings) -> int:
-        by_audio = math.floor(self.config.max_batch_audio_s / settings.audio_duration)
-        return max(1, min(self.config.max_batch_size, by_audio))
+        return batch_cap(settings.audio_duration, self.config.max_batch_size, self.config.max_batch_audio_s)
+
+    def estimate_s(self, settings: BatchSettings, items: int) -> float:
+        """Estimated GPU seconds of one batch (``pipeline.cost``, scaled per model)."""
+        return self._costs[settings.model].estimate(settings, items)
+
+    def load(self) -> ReplicaLoad:
+        """Queued and running work in estimated GPU seconds, and the room in each forming batch."""
+        backlog = 0.0
+        if self._running_ends_at is not None:
+            backlog += max(0.0, self._running_ends_at - time.monotonic())
+        forming: dict[str, tuple[int, float]] = {}
+        for settings, queued in self._batcher.queued_by_key().items():
+            cap = self.batch_cap(settings)
+            full, rest = divmod(queued, cap)
+            backlog += full * self.estimate_s(settings, cap)
+            if rest:
+                partial = self.estimate_s(settings, rest)
+                backlog += partial
+                forming[key_id(settings)] = (cap - rest, partial)
+        return ReplicaLoad(
+            backlog_s=backlog,
+            requests=self._requests,
+            forming={key: room for key, (room, _) in forming.items()},
+            # Queues run oldest head first, so a forming batch may have everything else ahead of it.
+            forming_starts_in_s={key: backlog - own for key, (_, own) in forming.items()},
+        )
 
     async def generate(self, plan: GenerationPlan, progress: ProgressSink | None = None) -> GenerateResponse:
         """Run a plan; cancelling the call cancels it: queued items leave their queue at
@@ -136,15 +191,20 @@ class GenerationEngine:
         ]
         for work in works:
             work.report("queued")
+        upload = _Upload(plan.request_id)
+        self._requests += 1
         try:
             results = await asyncio.gather(
-                *(self._produce(plan, settings, work) for work in works), return_exceptions=True
+                *(self._produce(plan, settings, work, upload) for work in works), return_exceptions=True
             )
         except asyncio.CancelledError:
             for work in works:
                 work.cancelled = True
+            self._track(asyncio.get_running_loop().create_task(self._abandon(upload)))
             raise
-        return await self._respond(plan, works, results, time.perf_counter() - started)
+        finally:
+            self._requests -= 1
+        return await self._respond(plan, upload, results, time.perf_counter() - started)
 
     def check_store(self) -> None:
         """Reach the store once (at start-up) and log what an operator must know; never raises."""
@@ -221,7 +281,7 @@ class GenerationEngine:
         missing = params.source_samples - waveform.shape[1]
         return torch.nn.functional.pad(waveform, (0, missing)) if missing > 0 else waveform[:, : params.source_samples]
 
-    async def _produce(self, plan: GenerationPlan, settings: BatchSettings, work: _Work) -> _Written:
+    async def _produce(self, plan: GenerationPlan, settings: BatchSettings, work: _Work, upload: _Upload) -> _Written:
         generated, batch = await self._batcher.submit(settings, work)
         self.metrics.queue_wait(settings.model, batch.queue_wait_s)
         output = generated.output
@@ -230,14 +290,10 @@ class GenerationEngine:
         if output.error is not None:
             raise ItemGenerationFailed(output.seed, output.error)
         work.report("encoding", work.total_steps)
-        write = asyncio.get_running_loop().run_in_executor(self._io, self._write, plan, generated, batch)
-        try:
-            written = await asyncio.shield(write)
-        except asyncio.CancelledError:
-            # The request was abandoned while its files were being written: remove them once they land.
-            self._track(write)
-            write.add_done_callback(self._discard_abandoned)
-            raise
+        write = asyncio.get_running_loop().run_in_executor(self._io, self._write, plan, generated, batch, upload)
+        upload.writes.append(write)
+        # Shielded: a write the request abandons still finishes, and is then removed (``_abandon``).
+        written = await asyncio.shield(write)
         work.report("done", work.total_steps)
         return written
 
@@ -253,6 +309,7 @@ class GenerationEngine:
         for work in works:
             work.report("running", 0)
         started = time.perf_counter()
+        self._running_ends_at = time.monotonic() + self.estimate_s(settings, len(works))
         loop = asyncio.get_running_loop()
         try:
             sources = [work.source for work in works] if settings.task.task in SOURCE_TASKS else None
@@ -269,12 +326,14 @@ class GenerationEngine:
             # A CUDA error poisons the context: let the health check have the replica replaced.
             self._device_error = f"{type(exc).__name__}: {exc}"
             raise
+        finally:
+            self._running_ends_at = None
         elapsed = time.perf_counter() - started
         finished = sum(1 for item in output.items if item.waveform is not None)
         self.metrics.batch_finished(settings.model, len(works), finished * settings.audio_duration, elapsed)
         return [_Generated(item, output.sample_rate, dict(output.timings)) for item in output.items]
 
-    def _write(self, plan: GenerationPlan, generated: _Generated, batch: BatchInfo) -> _Written:
+    def _write(self, plan: GenerationPlan, generated: _Generated, batch: BatchInfo, upload: _Upload) -> _Written:
         spec, output = plan.output, generated.output
         timings = {"queue_s": batch.queue_wait_s, **generated.timings}
         started = time.perf_counter()
@@ -293,7 +352,7 @@ class GenerationEngine:
             ext,
             folders=folders,
             stem=stem,
-            when=datetime.now(UTC),
+            when=upload.started_at,
         )
         file = OutputFile(
             seed=output.seed,
@@ -316,6 +375,7 @@ class GenerationEngine:
         }
         started = time.perf_counter()
         try:
+            upload.begin(self.uploads, key)
             write_output(self.store, key, data, content_type(spec.format), sidecar)
             url = self.store.url(key)
         except StorageConfigError as exc:
@@ -331,16 +391,18 @@ class GenerationEngine:
         self.metrics.storage_op("write_output", timings["upload_s"], ok=True)
         return _Written(file.model_copy(update={"url": url}), timings)
 
-    async def _respond(
-        self, plan: GenerationPlan, works: list[_Work], results: list, elapsed: float
-    ) -> GenerateResponse:
+    async def _respond(self, plan: GenerationPlan, upload: _Upload, results: list, elapsed: float) -> GenerateResponse:
         written = [result for result in results if isinstance(result, _Written)]
         errors = [result for result in results if isinstance(result, BaseException)]
         failures = [error for error in errors if isinstance(error, ItemGenerationFailed)]
         fatal = [error for error in errors if not isinstance(error, (ItemGenerationFailed, GenerationCancelled))]
+        if not fatal and written and not await self._commit(upload):
+            fatal = [Unavailable("object storage is unavailable; nothing was stored, retry later")]
         if fatal or not written:
-            # The request fails as a whole: remove what it already wrote.
-            await asyncio.get_running_loop().run_in_executor(self._io, self._discard, written)
+            # The request fails as a whole: remove what it wrote (its failed writes too may have left
+            # objects), then its marker; what the store refuses now, the janitor removes later.
+            if upload.folder is not None and await self._remove_outputs(upload):
+                await self._commit(upload)
             if fatal:
                 raise next((error for error in fatal if isinstance(error, Unavailable)), fatal[0])
             if failures:
@@ -366,19 +428,28 @@ class GenerationEngine:
         self._io_pending.add(work)
         work.add_done_callback(self._io_pending.discard)
 
-    def _discard_abandoned(self, write: asyncio.Future) -> None:
-        if not write.cancelled() and write.exception() is None:
-            self._track(asyncio.get_running_loop().run_in_executor(self._io, self._discard, [write.result()]))
+    async def _remove_outputs(self, upload: _Upload) -> bool:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._io, self.uploads.remove_outputs, upload.folder)
+        except StorageError as exc:
+            logger.warning("request %s failed; its outputs are left for the janitor: %s", upload.request_id, exc)
+            return False
+        return True
 
-    def _discard(self, written: list[_Written]) -> None:
-        # Audio first: an audio object never outlives its sidecar (see write_output).
-        for result in written:
-            for key in (result.file.key, result.file.sidecar_key):
-                try:
-                    self.store.delete(key)
-                except StorageError as exc:
-                    logger.warning("could not remove %s of a failed request: %s", key, exc)
-                    break
+    async def _commit(self, upload: _Upload) -> bool:
+        """Drop the request's pending-upload marker; False if the store refused."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._io, self.uploads.commit, upload.request_id)
+        except StorageError as exc:
+            logger.error("request %s: committing its outputs failed: %s", upload.request_id, exc)
+            return False
+        return True
+
+    async def _abandon(self, upload: _Upload) -> None:
+        """A cancelled request: once the writes it started have landed, remove them and its marker."""
+        await asyncio.gather(*upload.writes, return_exceptions=True)
+        if upload.folder is not None and await self._remove_outputs(upload):
+            await self._commit(upload)
 
     def loaded(self) -> bool:
         return all(pipeline.loaded_variants() for pipeline in self.pipelines.values())
@@ -393,7 +464,6 @@ class GenerationEngine:
     async def drain(self) -> None:
         """Wait until the writes and removals of abandoned requests have landed."""
         while self._io_pending:
-            # A write that lands schedules its removal before this wait returns, so loop until none is left.
             await asyncio.gather(*self._io_pending, return_exceptions=True)
 
     async def close(self) -> None:

@@ -8,12 +8,13 @@ an in-process frontend.
 from __future__ import annotations
 
 import logging
-import mimetypes
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Path, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPBearer
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException
 
@@ -24,17 +25,29 @@ from ..schemas import (
     ErrorResponse,
     GenerateRequest,
     GenerateResponse,
+    HealthReport,
     ModelInfo,
     PresetInfo,
 )
-from .auth import ApiKeys
+from .api_docs import (
+    EVENTS_RESPONSES,
+    OUTPUT_GET_RESPONSES,
+    OUTPUT_HEAD_RESPONSES,
+    error_responses,
+    install_docs,
+    request_examples,
+    tidy_schema,
+)
+from .auth import API_KEYS_ENV, ApiKeys
 from .frontend import Frontend
+from .playground import install_playground
 
 logger = logging.getLogger(__name__)
 
-ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (401, 404, 409, 422, 500, 503)}
 # Errors the routing layer raises itself (no route, wrong method, an unreadable body), by status.
 HTTP_ERROR_TYPES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+TITLE = "ACE-Step music generation"
+JobId = Annotated[str, Path(description="The job's id, from POST /jobs.")]
 
 
 def create_app(frontend: Frontend, api_keys: ApiKeys | None = None) -> FastAPI:
@@ -46,48 +59,110 @@ def create_app(frontend: Frontend, api_keys: ApiKeys | None = None) -> FastAPI:
             raise Unauthorized("missing or invalid API key: send 'Authorization: Bearer <key>'")
 
     app = FastAPI(
-        title="ACE-Step music generation",
-        description="Text and lyrics to music with ACE-Step, batched on GPUs, outputs in object storage.",
+        title=TITLE,
+        description="Text and lyrics to music with ACE-Step, batched on GPUs, outputs in object storage. "
+        "Try it at [/playground](/playground).",
         version="0.1.0",
+        docs_url=None,  # self-hosted below instead of from a CDN
+        redoc_url=None,
     )
     app.state.frontend = frontend
     _install_error_handlers(app, frontend)
+    install_docs(app, TITLE)
+    install_playground(app)
     authed = [Depends(require_api_key)]
-
-    @app.post("/generate", response_model=GenerateResponse, responses=ERROR_RESPONSES, dependencies=authed)
-    async def generate(body: GenerateRequest) -> GenerateResponse:
-        return await frontend.generate(body)
+    if api_keys.enabled:  # documents the scheme (and Swagger UI's Authorize button) only when keys are on
+        authed.append(Security(HTTPBearer(auto_error=False, description=f"A key of {API_KEYS_ENV}.")))
+    presets = frontend.presets()
 
     @app.post(
-        "/uploads", status_code=201, responses=ERROR_RESPONSES | {413: {"model": ErrorResponse}}, dependencies=authed
+        "/generate",
+        response_model=GenerateResponse,
+        response_description="The stored outputs, the resolved parameters and the timings.",
+        responses=error_responses(401, 422, 500, 503),
+        dependencies=authed,
     )
+    async def generate(
+        body: GenerateRequest = Body(openapi_examples=request_examples(presets)),  # noqa: B008 (FastAPI's form)
+    ) -> GenerateResponse:
+        """Generate and store the audio; answers when the files are stored. Long songs: use POST /jobs."""
+        return await frontend.generate(body)
+
+    @app.post("/uploads", status_code=201, responses=error_responses(401, 413, 422, 500, 503), dependencies=authed)
     async def upload(request: Request) -> dict:
         """Source audio for the audio-in tasks: a raw body with an audio content type, or
         multipart/form-data with one file part. Answers the key to pass as ``source``."""
         data, content_type = await _upload_body(request, frontend.sources.max_bytes)
         return await frontend.upload(data, content_type)
 
-    @app.get("/presets", response_model=list[PresetInfo], dependencies=authed)
-    async def presets() -> list[PresetInfo]:
+    @app.get(
+        "/presets",
+        response_model=list[PresetInfo],
+        response_description="Every preset with its values.",
+        responses=error_responses(401, 500),
+        dependencies=authed,
+    )
+    async def list_presets() -> list[PresetInfo]:
+        """The presets (recipes of the ACE-Step guide) and the values each sets."""
         return frontend.presets()
 
-    @app.get("/models", response_model=list[ModelInfo], dependencies=authed)
+    @app.get(
+        "/models",
+        response_model=list[ModelInfo],
+        response_description="Every catalog model, served or not.",
+        responses=error_responses(401, 500),
+        dependencies=authed,
+    )
     async def models() -> list[ModelInfo]:
+        """The model catalog; `served` marks the models this deployment serves."""
         return frontend.models()
 
-    @app.get("/health")
+    @app.get(
+        "/health",
+        response_model=HealthReport,
+        response_description="Ready.",
+        responses={503: {"model": HealthReport, "description": "Not ready."}},
+    )
     async def health() -> JSONResponse:
+        """Readiness: 200 when a generator replica has its model loaded and the store is reachable, else 503.
+        Needs no API key."""
         report = await frontend.health()
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
-    @app.get("/outputs/{key:path}", responses=ERROR_RESPONSES, dependencies=authed)
-    async def outputs(key: str) -> Response:
-        data = await frontend.read_output(key)
-        media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
-        return Response(content=data, media_type=media_type)
+    async def output(key: Annotated[str, Path(description="The output's key, from `outputs[].key`.")]) -> FileResponse:
+        """A stored file of the local store, streamed from disk. `Range: bytes=a-b` answers 206 with
+        that slice (browsers seek in audio this way), `HEAD` the headers alone; `ETag` and
+        `Last-Modified` let clients cache. MinIO outputs come as presigned URLs instead, which
+        MinIO serves with the same range and caching support."""
+        path, media_type = await frontend.output_file(key)
+        return FileResponse(path, media_type=media_type)
 
-    @app.post("/jobs", status_code=202, response_model=JobAccepted, responses=ERROR_RESPONSES, dependencies=authed)
-    async def submit_job(body: JobRequest, response: Response) -> JobAccepted:
+    for method, documented in (("GET", OUTPUT_GET_RESPONSES), ("HEAD", OUTPUT_HEAD_RESPONSES)):
+        app.add_api_route(
+            "/outputs/{key:path}",
+            output,
+            methods=[method],
+            operation_id=f"{method.lower()}_output",
+            summary=f"{method} an output",
+            response_class=FileResponse,
+            responses={**documented, **error_responses(401, 404, 500, 503)},
+            dependencies=authed,
+        )
+
+    @app.post(
+        "/jobs",
+        status_code=202,
+        response_model=JobAccepted,
+        response_description="Accepted: the job's id and where to follow it.",
+        responses=error_responses(401, 422, 500, 503),
+        dependencies=authed,
+    )
+    async def submit_job(
+        response: Response,
+        body: JobRequest = Body(openapi_examples=request_examples(presets, webhook=True)),  # noqa: B008
+    ) -> JobAccepted:
+        """Queue a generation and answer at once (202, `Location: /jobs/{job_id}`); follow it with
+        GET /jobs/{job_id} or its events."""
         status = await frontend.submit_job(body)
         url = f"/jobs/{status.job_id}"
         response.headers["Location"] = url
@@ -99,25 +174,44 @@ def create_app(frontend: Frontend, api_keys: ApiKeys | None = None) -> FastAPI:
             events_url=f"{url}/events",
         )
 
-    @app.get("/jobs/{job_id}", response_model=JobStatus, responses=ERROR_RESPONSES, dependencies=authed)
-    async def job(job_id: str) -> JobStatus:
+    @app.get(
+        "/jobs/{job_id}",
+        response_model=JobStatus,
+        response_description="The job's status.",
+        responses=error_responses(401, 404, 500, 503),
+        dependencies=authed,
+    )
+    async def job(job_id: JobId) -> JobStatus:
+        """The job's status, progress and ETA; on success `result` is the POST /generate answer."""
         return await frontend.job(job_id)
 
-    @app.delete("/jobs/{job_id}", response_model=JobStatus, responses=ERROR_RESPONSES, dependencies=authed)
-    async def cancel_job(job_id: str) -> JobStatus:
+    @app.delete(
+        "/jobs/{job_id}",
+        response_model=JobStatus,
+        response_description="The job's status after the cancel: cancelled, or running until its next step.",
+        responses=error_responses(401, 404, 409, 500, 503),
+        dependencies=authed,
+    )
+    async def cancel_job(job_id: JobId) -> JobStatus:
+        """Cancel: a queued job at once, a running one at its next diffusion step. 409 when it already ended."""
         return await frontend.cancel_job(job_id)
 
-    @app.get("/jobs/{job_id}/events", responses=ERROR_RESPONSES, dependencies=authed)
-    async def job_events(job_id: str) -> StreamingResponse:
+    @app.get(
+        "/jobs/{job_id}/events",
+        response_class=EventStreamResponse,
+        responses={**EVENTS_RESPONSES, **error_responses(401, 404, 500, 503)},
+        dependencies=authed,
+    )
+    async def job_events(job_id: JobId) -> EventStreamResponse:
         """Server-sent events: the job's status now and on every change, until it ends."""
         updates = frontend.job_updates(job_id)
         first = await anext(updates)  # an unknown job is a plain 404, before any stream starts
-        return StreamingResponse(
-            _server_sent_events(first, updates),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        return EventStreamResponse(
+            _server_sent_events(first, updates), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
 
+    build_schema = app.openapi
+    app.openapi = lambda: tidy_schema(build_schema())
     return app
 
 
@@ -145,6 +239,10 @@ def _within(data: bytes | bytearray, limit: int):
     if len(data) > limit:
         raise PayloadTooLarge(f"the upload is larger than the limit of {limit} bytes; nothing was stored")
     return data
+
+
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
 
 
 async def _server_sent_events(first: JobStatus, rest: AsyncIterator[JobStatus | None]) -> AsyncIterator[str]:

@@ -9,8 +9,11 @@ output questions. Knows nothing about HTTP.
 from __future__ import annotations
 
 import asyncio
+import json
+import mimetypes
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceError, Unavailable
@@ -21,12 +24,21 @@ from ..pipeline.registry import CATALOG
 from ..pipeline.tasks import SOURCE_TASKS
 from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
 from ..sources import MAX_SOURCE_BYTES, SourceError, SourceInfo, SourceLibrary
-from ..storage import LocalStore, ObjectNotFoundError, ObjectStore, StorageConfigError, StorageError
+from ..storage import (
+    LocalStore,
+    ObjectNotFoundError,
+    ObjectStore,
+    StorageConfigError,
+    StorageError,
+    sidecar_key,
+)
+from ..storage.keys import SIDECAR_SUFFIX
 from .planner import Planner
 
 JOB_EVENTS_KEEPALIVE_S = 15.0
 JOB_STATUS_TIMEOUT_S = 5.0
 """How long a status read waits for the coordinator before answering from the store instead."""
+JOBS_HEALTH_TIMEOUT_S = 2.0
 
 
 class GeneratorClient(Protocol):
@@ -47,6 +59,9 @@ class JobsClient(Protocol):
     async def cancel(self, job_id: str) -> JobStatus: ...
 
     async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]: ...
+
+    async def health(self) -> dict[str, str]:
+        """``{"jobs": "ready"}``, or another state with ``jobs_problem`` saying why."""
 
 
 def new_request_id() -> str:
@@ -156,23 +171,49 @@ class Frontend:
             storage, problem = "misconfigured", exc.public_message
         except StorageError:
             storage = "unavailable"
-        status = "ok" if generator_ready and storage == "ok" else "unavailable"
-        health = {"status": status, "generator": "ready" if generator_ready else "not ready", "storage": storage}
+        jobs = await self._jobs_health()
+        ready = generator_ready and storage == "ok" and jobs.get("jobs") in ("ready", "disabled")
+        health = {
+            "status": "ok" if ready else "unavailable",
+            "generator": "ready" if generator_ready else "not ready",
+            "storage": storage,
+        }
         if problem is not None:
             health["storage_problem"] = problem
-        return health
+        return health | jobs
 
-    async def read_output(self, key: str) -> bytes:
+    async def _jobs_health(self) -> dict[str, str]:
+        if self.jobs is None:
+            return {"jobs": "disabled"}
+        try:
+            return await asyncio.wait_for(self.jobs.health(), JOBS_HEALTH_TIMEOUT_S)
+        except (TimeoutError, ServiceError) as exc:
+            reason = exc.message if isinstance(exc, ServiceError) else "the job coordinator did not answer in time"
+            return {"jobs": "unavailable", "jobs_problem": reason}
+
+    async def output_file(self, key: str) -> tuple[Path, str]:
+        """The local file of an output and its content type (the one its sidecar records)."""
         if not isinstance(self.store, LocalStore):
             raise NotFound("outputs are in the object store; fetch them with the URL in the response")
         if self._is_job_key(key):
             raise NotFound(f"no output at {key!r}")
         try:
-            return await asyncio.to_thread(self.store.get, key)
+            path = await asyncio.to_thread(self.store.file, key)
         except (ObjectNotFoundError, ValueError):
             raise NotFound(f"no output at {key!r}") from None
         except StorageError:
             raise Unavailable("the output store is unavailable; retry later") from None
+        return path, await asyncio.to_thread(self._recorded_content_type, key)
+
+    def _recorded_content_type(self, key: str) -> str:
+        guessed = mimetypes.guess_type(key)[0] or "application/octet-stream"
+        if key.endswith(SIDECAR_SUFFIX):
+            return guessed
+        try:
+            sidecar = json.loads(self.store.get(sidecar_key(key)))
+            return str(sidecar["object"]["content_type"])
+        except (StorageError, ValueError, TypeError, KeyError):
+            return guessed  # a file the service did not write: its extension is all there is
 
     # ------------------------------------------------------------------ jobs
 

@@ -15,6 +15,7 @@ mid-job costs one retry; a second loss fails the job with that reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -49,6 +50,18 @@ class JobConflict(Conflict):
     """409: the job is finished; it can no longer be cancelled."""
 
 
+class JobStoreUnavailable(Unavailable):
+    """503: the coordinator has not read its jobs back yet because the object store is unreachable."""
+
+    def __init__(self, message: str = "", fields=None) -> None:
+        super().__init__(
+            message
+            or "jobs are unavailable: the job store (object storage) cannot be reached; "
+            "jobs resume by themselves once it returns, retry later",
+            fields,
+        )
+
+
 @dataclass(frozen=True)
 class CoordinatorConfig:
     max_in_flight: int = 64
@@ -64,6 +77,11 @@ class CoordinatorConfig:
     busy_backoff_s: float = 1.0
     """First wait before re-sending a job the generators refused as busy; doubles up to the max."""
     max_busy_backoff_s: float = 30.0
+    recovery_backoff_s: float = 1.0
+    """First wait before reading the store again when recovery found it unreachable; doubles up to the max."""
+    max_recovery_backoff_s: float = 30.0
+    recovery_wait_s: float = 5.0
+    """How long a call made while the store is unreachable waits for recovery before its 503."""
 
 
 def _now() -> datetime:
@@ -133,11 +151,75 @@ class JobCoordinator:
         """Follow-ups (final record, webhook, marker): ``close`` cancels them, a restarted coordinator redoes them."""
         self._writes: set[asyncio.Task] = set()
         """Progress records being written: ``close`` lets them land, so the store holds the last state seen."""
+        self._recovered = asyncio.Event()
+        self._recovered.set()  # nothing to wait for until start_recovery() is called
+        self._retry_recovery = asyncio.Event()
+        self._recovery_error: StorageError | None = None
+        """Why the last read of the job store failed, while recovery waits for it."""
+
+    # -------------------------------------------------------------- start-up
+
+    def start_recovery(self) -> None:
+        """Recover in the background, retrying with backoff until the store answers.
+
+        Until then every call waits up to ``recovery_wait_s`` (and wakes the
+        retry at once), then answers ``JobStoreUnavailable`` (503). So a
+        coordinator starts, and becomes useful, whether or not its store is up.
+        """
+        self._recovered.clear()
+        self._in_background(self._recover_until_done())
+
+    @property
+    def recovered(self) -> bool:
+        return self._recovered.is_set()
+
+    async def _recover_until_done(self) -> None:
+        delay = self.config.recovery_backoff_s
+        while True:
+            self._retry_recovery.clear()
+            try:
+                resumed = await self.recover()
+            except StorageError as exc:
+                if self._recovery_error is None:
+                    logger.error("the job store cannot be read; jobs wait for it (retrying in the background): %s", exc)
+                self._recovery_error = exc
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry_recovery.wait(), delay)
+                delay = min(2 * delay, self.config.max_recovery_backoff_s)
+                continue
+            if self._recovery_error is not None:
+                logger.warning("the job store is back; %d unfinished job(s) resumed", resumed)
+            self._recovery_error = None
+            self._recovered.set()
+            return
+
+    async def _ready(self) -> None:
+        if self._recovered.is_set():
+            return
+        self._retry_recovery.set()
+        try:
+            await asyncio.wait_for(self._recovered.wait(), self.config.recovery_wait_s)
+        except TimeoutError:
+            if isinstance(self._recovery_error, StorageConfigError):
+                raise StorageMisconfigured.because(self._recovery_error.public_message) from None
+            raise JobStoreUnavailable() from None
+
+    def health(self) -> dict[str, str]:
+        """``{"jobs": "ready"}``, or ``"waiting for storage"`` with the reason (for operators)."""
+        if self.recovered:
+            return {"jobs": "ready"}
+        error = self._recovery_error
+        if isinstance(error, StorageConfigError):
+            problem = error.public_message
+        else:
+            problem = "the object store cannot be reached" if error else "reading the job store"
+        return {"jobs": "waiting for storage", "jobs_problem": problem}
 
     # ------------------------------------------------------------------ public
 
     async def submit(self, plan: GenerationPlan, webhook_url: str | None = None) -> JobStatus:
         """Accept a plan; ``Unavailable`` (503) if the job cannot be recorded, and then nothing runs."""
+        await self._ready()
         job_id = plan.request_id
         if job_id in self._jobs:
             raise ValueError(f"job {job_id} already exists")
@@ -161,6 +243,7 @@ class JobCoordinator:
         return self._public(job)
 
     async def status(self, job_id: str) -> JobStatus:
+        await self._ready()
         job = self._jobs.get(job_id)
         if job is not None:
             return self._public(job)
@@ -168,6 +251,7 @@ class JobCoordinator:
 
     async def cancel(self, job_id: str) -> JobStatus:
         """Cancel a queued job at once, a running one at its next diffusion step."""
+        await self._ready()
         job = self._jobs.get(job_id)
         if job is None:
             status = await self.status(job_id)  # JobNotFound for an unknown id
@@ -189,6 +273,7 @@ class JobCoordinator:
 
     async def wait_for_change(self, job_id: str, version: int, timeout_s: float) -> tuple[int, JobStatus]:
         """Long poll: the job's status once its version exceeds ``version``, or after ``timeout_s``."""
+        await self._ready()
         job = self._jobs.get(job_id)
         if job is None:
             status = await self.status(job_id)
@@ -206,7 +291,11 @@ class JobCoordinator:
         return job.version, self._public(job)
 
     async def recover(self) -> int:
-        """Resume the unfinished jobs an earlier coordinator left in the store; returns how many."""
+        """Resume the unfinished jobs an earlier coordinator left in the store; returns how many.
+
+        Raises ``StorageError`` when the store cannot be read, having changed nothing,
+        so it can simply be called again.
+        """
         resumed = []
         for job_id in await asyncio.to_thread(self.records.active_ids):
             try:
@@ -214,15 +303,20 @@ class JobCoordinator:
             except JobNotFound:
                 await asyncio.to_thread(self._clear_marker_quietly, job_id)
                 continue
-            job = _Job(record)
-            self._jobs[job_id] = job
-            resumed.append(job)
+            resumed.append(_Job(record))
+        for job in resumed:
+            self._jobs[job.status.job_id] = job
         resumed.sort(key=lambda job: job.status.created_at)
         for job in resumed:
             if job.status.finished:
                 # The earlier coordinator stopped between the final record and its follow-up.
                 job.follow_up = self._in_background(self._after_finish(job))
             elif job.status.attempts >= self.config.max_attempts:
+                logger.warning(
+                    "job %s not resumed: interrupted by restarts in all %d attempts",
+                    job.status.job_id,
+                    job.status.attempts,
+                )
                 await self._finish(
                     job,
                     "failed",
@@ -232,6 +326,12 @@ class JobCoordinator:
                     ),
                 )
             else:
+                logger.info(
+                    "job %s resumed after a restart: attempt %d of %d",
+                    job.status.job_id,
+                    job.status.attempts + 1,
+                    self.config.max_attempts,
+                )
                 self._restart_progress(job)
                 self._enqueue(job)
         return len(resumed)
@@ -274,7 +374,13 @@ class JobCoordinator:
                         await asyncio.sleep(backoff)
                         backoff = min(2 * backoff, self.config.max_busy_backoff_s)
                     elif self._is_replica_lost(exc) and job.status.attempts < self.config.max_attempts:
-                        logger.warning("job %s lost its generator replica (%s); retrying", job.status.job_id, exc)
+                        logger.warning(
+                            "job %s lost its generator replica (%s): retrying, attempt %d of %d",
+                            job.status.job_id,
+                            exc,
+                            job.status.attempts + 1,
+                            self.config.max_attempts,
+                        )
                         self._restart_progress(job)
                     elif self._is_replica_lost(exc):
                         message = f"the generator replica running the job was lost {job.status.attempts} times"

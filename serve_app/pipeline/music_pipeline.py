@@ -7,6 +7,7 @@ first use; ``torch_compile`` selects the compiled denoiser of that variant.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,8 @@ from .settings import (
     model_defaults,
 )
 from .tasks import SOURCE_TASKS
+
+logger = logging.getLogger(__name__)
 
 ModelLoader = Callable[[str, torch.device, torch.dtype], MusicModel]
 
@@ -79,7 +82,15 @@ class MusicPipeline:
         dtype = self.dtype_for(bf16)
         with self._load_lock:
             if dtype not in self._variants:
+                started = time.perf_counter()
                 self._variants[dtype] = self._loader(self.spec.name, self.device, dtype)
+                logger.info(
+                    "model %s ready: %s on %s, loaded in %.1f s",
+                    self.spec.name,
+                    str(dtype).removeprefix("torch."),
+                    self.device,
+                    time.perf_counter() - started,
+                )
             return self._variants[dtype]
 
     def loaded_variants(self) -> list[torch.dtype]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .protocol import MusicModel
 
 MODELS_DIR_ENV = "ACESTEP_MODELS_DIR"
+SIMULATED_MODELS_ENV = "ACESTEP_SIMULATED_MODELS"
 DEFAULT_MODEL = "ace-step-v1-3.5b"
 
 ALL_ERG = frozenset({"tag", "lyric", "diffusion"})
@@ -66,6 +67,9 @@ class ModelSpec:
     tasks: tuple[str, ...] = ("text2music",)
     """The tasks (``serve_app.pipeline.tasks``) this model runs."""
     tiny: bool = False
+    relative_cost: float = 1.0
+    """GPU time relative to ACE-Step v1 3.5B on an A100, the calibration of ``cost.CostModel``
+    (1.0 where unmeasured); scales the backlog a replica reports."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
@@ -79,7 +83,7 @@ _V15_TURBO_DEFAULTS = {**_V15_SAMPLING, "infer_step": 8, "guidance_scale": 1.0}
 _V15_GUIDED_DEFAULTS = {**_V15_SAMPLING, "infer_step": 50, "guidance_scale": 7.0}
 _NO_ERG = {"use_erg_tag": False, "use_erg_lyric": False, "use_erg_diffusion": False}
 
-CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
+_SERVED_CATALOG = MappingProxyType(
     {
         spec.name: spec
         for spec in (
@@ -159,11 +163,42 @@ CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
 )
 
 
+SIMULATED_MODELS = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            ModelSpec(
+                name="ace-step-simulated",
+                family="simulated",
+                description="Simulated ACE-Step v1 on an A100: sleeps for the cost model's time (scale tests only).",
+                repo_id=None,
+                min_duration_s=MIN_DURATION_S,
+                max_duration_s=240.0,
+                supported_erg=ALL_ERG,
+                max_lyric_tokens=V1_MAX_LYRIC_TOKENS,
+            ),
+        )
+    }
+)
+"""Never served unless asked for: ``SIMULATED_MODELS_ENV=1`` in every process of the
+cluster (driver included) adds them to ``CATALOG``, so the planner and config accept them."""
+
+
+def _simulated_enabled() -> bool:
+    return os.environ.get(SIMULATED_MODELS_ENV, "").lower() in ("1", "true", "yes")
+
+
+CATALOG: Mapping[str, ModelSpec] = MappingProxyType(
+    {**_SERVED_CATALOG, **(SIMULATED_MODELS if _simulated_enabled() else {})}
+)
+
+
 def get_spec(name: str) -> ModelSpec:
-    try:
-        return CATALOG[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(CATALOG))}") from None
+    # The simulated models load by name even when not served (unit tests build them directly).
+    spec = CATALOG.get(name) or SIMULATED_MODELS.get(name)
+    if spec is None:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(CATALOG))}")
+    return spec
 
 
 def models_dir() -> Path:

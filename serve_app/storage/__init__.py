@@ -3,7 +3,10 @@
 Both implement :class:`ObjectStore`. Modules: ``errors`` (what can go wrong),
 ``protocol`` (the store interface), ``keys`` (safe keys and the output key
 layout), ``sidecars`` (the write protocol of one output), ``minio_config``
-and ``minio_store`` (S3), ``local_store`` (a directory).
+and ``minio_store`` (S3), ``local_store`` (a directory). Housekeeping, imported
+where it runs: ``janitor`` (pending-upload markers, clean-up of abandoned
+uploads), ``retention`` (``output_ttl_days``), ``maintenance`` (the periodic
+round of both), ``watch`` (what health checks say about the store).
 """
 
 from .errors import (

@@ -82,6 +82,16 @@ class LocalStore:
         except OSError as exc:
             raise self._error("get", key, exc) from exc
 
+    def file(self, key: str) -> Path:
+        """The file holding ``key``, for callers that stream it in ranges instead of reading it whole.
+
+        Writes replace files atomically, so a reader that opens it sees one whole version.
+        """
+        p = self.path(key)
+        if not p.is_file():
+            raise ObjectNotFoundError(key)
+        return p
+
     def delete(self, key: str) -> None:
         p = self.path(key)
         try:

@@ -13,6 +13,7 @@ from typing import Final, TypeVar
 import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.lifecycleconfig import LifecycleConfig
 
 from .errors import ObjectNotFoundError, StorageConfigError, StorageError, StorageUnavailableError
 from .keys import validate_key
@@ -313,6 +314,19 @@ class MinioStore:
     def check(self) -> None:
         """Health: one attempt to reach the bucket (creating it if allowed)."""
         self.ensure_bucket(attempts=1)
+
+    def lifecycle(self) -> LifecycleConfig | None:
+        """The bucket's lifecycle rules; None when it has none (see ``retention``)."""
+        self._ready()
+        return self._call("get lifecycle", None, lambda: self._client.get_bucket_lifecycle(self.config.bucket))
+
+    def set_lifecycle(self, rules: LifecycleConfig | None) -> None:
+        """Replace the bucket's lifecycle rules; None removes them all."""
+        self._ready()
+        if rules is None:
+            self._call("delete lifecycle", None, lambda: self._client.delete_bucket_lifecycle(self.config.bucket))
+        else:
+            self._call("set lifecycle", None, lambda: self._client.set_bucket_lifecycle(self.config.bucket, rules))
 
     # ----------------------------------------------------------------- helpers
 

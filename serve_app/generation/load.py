@@ -1,0 +1,50 @@
+"""What a generator replica tells the scheduler: its work in GPU seconds and its forming batches.
+
+The autoscaling policy reads ``backlog_s`` (queued and running work, estimated
+with ``pipeline.cost``); the batch-key router reads ``forming`` (for each batch
+key queued here, how many more items its last, still forming batch takes) and
+``backlog_s`` to find the least-loaded replica. Ray-free and torch-free: the
+router imports ``key_id`` and ``batch_cap`` in every caller process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+from ..pipeline.settings import BatchSettings
+
+
+def key_id(settings: BatchSettings) -> str:
+    """A short name of a batch key, equal in every process (``hash()`` is salted per process)."""
+    return hashlib.blake2b(repr(settings).encode(), digest_size=8).hexdigest()
+
+
+def batch_cap(audio_duration: float, max_batch_size: int, max_batch_audio_s: float) -> int:
+    """Items per batch: at most ``max_batch_size``, and at most ``max_batch_audio_s`` of audio."""
+    return max(1, min(max_batch_size, math.floor(max_batch_audio_s / audio_duration)))
+
+
+@dataclass
+class ReplicaLoad:
+    backlog_s: float = 0.0
+    """Estimated GPU seconds of everything queued here plus what is left of the running batch."""
+    requests: int = 0
+    """Requests in this replica (queued or running)."""
+    forming: dict[str, int] = field(default_factory=dict)
+    """Free slots of the forming batch, by ``key_id``; keys whose queue fills whole batches are absent."""
+    forming_starts_in_s: dict[str, float] = field(default_factory=dict)
+    """Estimated GPU seconds of work ahead of each forming batch (the backlog without it)."""
+
+    def autoscaling_stats(self) -> dict[str, float]:
+        return {"backlog_s": self.backlog_s, "requests": float(self.requests)}
+
+    def routing_stats(self, max_batch_size: int, max_batch_audio_s: float) -> dict:
+        return {
+            "backlog_s": self.backlog_s,
+            "forming": dict(self.forming),
+            "forming_starts_in_s": dict(self.forming_starts_in_s),
+            "max_batch_size": max_batch_size,
+            "max_batch_audio_s": max_batch_audio_s,
+        }
