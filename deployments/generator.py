@@ -52,6 +52,7 @@ class Generator:
                 max_batch_audio_s=self.config.max_batch_audio_s,
                 batch_wait_s=self.config.batch_wait_s,
                 output_prefix=self.config.output_prefix,
+                max_source_bytes=self.config.max_source_bytes,
                 jobs_prefix=self.config.jobs_prefix,
             ),
             metrics=ServeMetrics(),

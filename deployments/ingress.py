@@ -145,6 +145,7 @@ class Ingress:
             ServeMetrics(),
             jobs=ServeJobsClient(jobs, self.config.generate_timeout_s),
             jobs_prefix=self.config.jobs_prefix,
+            max_source_bytes=self.config.max_source_bytes,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

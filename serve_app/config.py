@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .pipeline.registry import CATALOG, DEFAULT_MODEL
+from .sources import MAX_SOURCE_BYTES
 from .storage import LocalStore, MinioConfig, MinioStore, ObjectStore
 
 OUTPUT_DIR_ENV = "ACESTEP_OUTPUT_DIR"
@@ -70,6 +71,8 @@ class AppConfig(BaseModel):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     output_prefix: str = ""
     """Server-side prefix of every output key inside the bucket or directory."""
+    max_source_bytes: int = Field(default=MAX_SOURCE_BYTES, ge=1024)
+    """Largest source audio file (upload or stored output) the audio-in tasks accept."""
     max_batch_size: int = Field(default=8, ge=1, le=64)
     max_batch_audio_s: float = Field(default=480.0, gt=0)
     """Seconds of audio per batch: longer durations get smaller batches, so memory stays bounded."""

@@ -85,6 +85,11 @@ class Conflict(ServiceError):
     type = "conflict"
 
 
+class PayloadTooLarge(ServiceError):
+    status = 413
+    type = "payload_too_large"
+
+
 class Unavailable(ServiceError):
     """Temporarily unable to serve: overloaded, storage down, model loading."""
 

@@ -32,6 +32,11 @@ LEGACY_FIELD_HINTS = {
     "checkpoint_path": "not accepted: the server chooses the weights; name a served model with `model` (GET /models)",
     "device_id": "not accepted: the server places work on its GPUs",
     "save_path": "not accepted: outputs go to the object store; use `output_name` to name the object",
+    "src_audio_path": "not accepted: source audio never comes from a server path; "
+    'pass `source: {"key": ...}` with an output key or an upload\'s key (POST /uploads)',
+    "ref_audio_input": "not accepted: source audio never comes from a server path; "
+    'use `task: audio2audio` with `source: {"key": ...}` (an output key or POST /uploads)',
+    "audio2audio_enable": 'use `task: audio2audio` with `source: {"key": ...}`',
 }
 
 
@@ -112,7 +117,7 @@ def _optional(name: str) -> tuple[Any, Any]:
 SAMPLING_FIELDS = tuple(
     name
     for name in GenerationParams.model_fields
-    if name not in (*_RequestContent.model_fields, "actual_seeds", "oss_steps")
+    if name not in (*_RequestContent.model_fields, "actual_seeds", "oss_steps", "source_samples")
 )
 _RequestSampling = create_model(
     "_RequestSampling", __base__=_RequestContent, **{name: _optional(name) for name in SAMPLING_FIELDS}

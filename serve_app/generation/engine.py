@@ -20,14 +20,16 @@ from datetime import UTC, datetime
 import torch
 
 from ..audio import content_type, encode_audio, file_extension, resample
-from ..errors import GenerationFailed, StorageMisconfigured, Unavailable
+from ..errors import GenerationFailed, InvalidRequest, StorageMisconfigured, Unavailable
 from ..ingress.output_names import split_output_name
 from ..metrics import NullMetrics
 from ..pipeline.cost import CostModel
 from ..pipeline.music_pipeline import BatchOutput, ItemOutput, MusicPipeline
-from ..pipeline.settings import BatchSettings, ItemSettings
+from ..pipeline.settings import SOURCE_SAMPLE_RATE, BatchSettings, ItemSettings
+from ..pipeline.tasks import SOURCE_TASKS
 from ..progress import GenerationCancelled, Progress, ProgressSink, Stage
 from ..schemas import GenerateResponse, GenerationPlan, ItemFailure, OutputFile
+from ..sources import MAX_SOURCE_BYTES, SourceError, SourceLibrary
 from ..storage import ObjectStore, StorageConfigError, StorageError, build_output_key, sidecar_key, write_output
 from ..storage.janitor import PendingUploads
 from .batching import BatchInfo, KeyedBatcher
@@ -58,6 +60,7 @@ class EngineConfig:
     jobs_prefix: str = "jobs"
     """Where the pending-upload markers go (``{jobs_prefix}/uploads/``, see ``serve_app.storage.janitor``)."""
     io_workers: int = 4
+    max_source_bytes: int = MAX_SOURCE_BYTES
 
 
 @dataclass
@@ -68,6 +71,8 @@ class _Work:
     total_steps: int
     progress: ProgressSink | None
     cancelled: bool = False
+    source: torch.Tensor | None = None
+    """The decoded source of an audio-in task (shared by the request's items)."""
 
     def report(self, stage: Stage, step: int = 0) -> None:
         if self.progress is not None:
@@ -135,6 +140,7 @@ class GenerationEngine:
         self._io_pending: set[asyncio.Future] = set()
         """Clean-ups of cancelled requests (``_abandon``), which no request waits for; ``drain`` waits for them."""
         self._device_error: str | None = None
+        self._sources = SourceLibrary(store, self.config.max_source_bytes)
         self.uploads = PendingUploads(store, self.config.jobs_prefix)
         self._costs = {name: CostModel(scale=pipeline.spec.relative_cost) for name, pipeline in self.pipelines.items()}
         self._running_ends_at: float | None = None
@@ -178,8 +184,9 @@ class GenerationEngine:
         if settings.model not in self.pipelines:
             raise Unavailable(f"model {settings.model!r} is not served by this replica")
         await self._refuse_if_store_misconfigured()
+        source = await self._load_source(plan)
         works = [
-            _Work(plan.request_id, index, item, settings.total_steps, progress)
+            _Work(plan.request_id, index, item, settings.total_steps, progress, source=source)
             for index, item in enumerate(plan.params.items())
         ]
         for work in works:
@@ -258,6 +265,22 @@ class GenerationEngine:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
+    async def _load_source(self, plan: GenerationPlan) -> torch.Tensor | None:
+        """Decode and resample the source on the I/O pool, at the length the plan measured
+        (a compressed file's header may count a few samples differently from its decoder)."""
+        params = plan.params
+        if params.task not in SOURCE_TASKS:
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            waveform = await loop.run_in_executor(self._io, self._sources.load, params.source.key, SOURCE_SAMPLE_RATE)
+        except SourceError as exc:
+            raise InvalidRequest.for_field("source", str(exc)) from None
+        except StorageError:
+            raise Unavailable("object storage is unavailable; retry later") from None
+        missing = params.source_samples - waveform.shape[1]
+        return torch.nn.functional.pad(waveform, (0, missing)) if missing > 0 else waveform[:, : params.source_samples]
+
     async def _produce(self, plan: GenerationPlan, settings: BatchSettings, work: _Work, upload: _Upload) -> _Written:
         generated, batch = await self._batcher.submit(settings, work)
         self.metrics.queue_wait(settings.model, batch.queue_wait_s)
@@ -289,8 +312,9 @@ class GenerationEngine:
         self._running_ends_at = time.monotonic() + self.estimate_s(settings, len(works))
         loop = asyncio.get_running_loop()
         try:
+            sources = [work.source for work in works] if settings.task.task in SOURCE_TASKS else None
             output: BatchOutput = await loop.run_in_executor(
-                self._gpu, pipeline, settings, [work.item for work in works], on_step
+                self._gpu, pipeline, settings, [work.item for work in works], on_step, sources
             )
         except torch.OutOfMemoryError:
             logger.warning("out of GPU memory for a batch of %d x %gs", len(works), settings.audio_duration)
@@ -455,7 +479,7 @@ class GenerationEngine:
 
 def resolved_params(plan: GenerationPlan) -> dict:
     """Sampling and output parameters: POSTing them back repeats the request exactly."""
-    params = plan.params.model_dump(mode="json")
+    params = plan.params.request_fields()
     params.update(
         format=plan.output.format,
         mp3_bitrate_kbps=plan.output.mp3_bitrate_kbps,

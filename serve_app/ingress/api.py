@@ -15,9 +15,10 @@ from fastapi import Body, Depends, FastAPI, Path, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
+from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException
 
-from ..errors import InvalidRequest, ServiceError, Unauthorized
+from ..errors import InvalidRequest, PayloadTooLarge, ServiceError, Unauthorized
 from ..jobs import JobAccepted, JobRequest, JobStatus
 from ..schemas import (
     ErrorBody,
@@ -86,6 +87,13 @@ def create_app(frontend: Frontend, api_keys: ApiKeys | None = None) -> FastAPI:
     ) -> GenerateResponse:
         """Generate and store the audio; answers when the files are stored. Long songs: use POST /jobs."""
         return await frontend.generate(body)
+
+    @app.post("/uploads", status_code=201, responses=error_responses(401, 413, 422, 500, 503), dependencies=authed)
+    async def upload(request: Request) -> dict:
+        """Source audio for the audio-in tasks: a raw body with an audio content type, or
+        multipart/form-data with one file part. Answers the key to pass as ``source``."""
+        data, content_type = await _upload_body(request, frontend.sources.max_bytes)
+        return await frontend.upload(data, content_type)
 
     @app.get(
         "/presets",
@@ -205,6 +213,32 @@ def create_app(frontend: Frontend, api_keys: ApiKeys | None = None) -> FastAPI:
     build_schema = app.openapi
     app.openapi = lambda: tidy_schema(build_schema())
     return app
+
+
+async def _upload_body(request: Request, limit: int) -> tuple[bytes, str]:
+    """The uploaded bytes and their content type, reading no more than ``limit`` + 1 bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise PayloadTooLarge(f"the upload declares {declared} bytes; the limit is {limit}")
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=0, max_part_size=limit + 1)
+        files = [value for value in form.values() if isinstance(value, StarletteUploadFile)]
+        if not files:
+            raise InvalidRequest.for_field("source", "the multipart body has no file part")
+        data = await files[0].read(limit + 1)
+        return _within(data, limit), files[0].content_type or ""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        _within(body, limit)
+    return bytes(body), content_type
+
+
+def _within(data: bytes | bytearray, limit: int):
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the upload is larger than the limit of {limit} bytes; nothing was stored")
+    return data
 
 
 class EventStreamResponse(StreamingResponse):

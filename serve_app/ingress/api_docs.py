@@ -33,6 +33,10 @@ _ERROR_EXAMPLES: dict[int, tuple[str, dict[str, Any]]] = {
         "The job already ended.",
         {"type": "conflict", "message": "job 5f0c2a9e4b1d4c7e8a3f6b2d9e1c0a47 is already succeeded"},
     ),
+    413: (
+        "An upload larger than the server's max_source_bytes; nothing was stored.",
+        {"type": "payload_too_large", "message": "the upload is larger than the limit of 67108864 bytes"},
+    ),
     422: (
         "A bad value, an unknown field, or a combination the model cannot honour; `fields` names each.",
         {"type": "invalid_request", "message": "infer_step: Input should be less than or equal to 200"},

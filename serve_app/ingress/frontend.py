@@ -16,12 +16,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import InvalidRequest, NotFound, ServiceError, Unavailable
+from ..errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceError, Unavailable
 from ..jobs import JobRecords, JobRequest, JobStatus
 from ..metrics import NullMetrics
 from ..pipeline.invalid_field import InvalidField
 from ..pipeline.registry import CATALOG
+from ..pipeline.tasks import SOURCE_TASKS
 from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
+from ..sources import MAX_SOURCE_BYTES, SourceError, SourceInfo, SourceLibrary
 from ..storage import (
     LocalStore,
     ObjectNotFoundError,
@@ -76,6 +78,7 @@ class Frontend:
         metrics: NullMetrics | None = None,
         jobs: JobsClient | None = None,
         jobs_prefix: str = "jobs",
+        max_source_bytes: int = MAX_SOURCE_BYTES,
     ) -> None:
         self.planner = planner
         self.generator = generator
@@ -84,10 +87,11 @@ class Frontend:
         self.jobs = jobs
         self.job_records = JobRecords(store, prefix=jobs_prefix)
         self.jobs_prefix = jobs_prefix
+        self.sources = SourceLibrary(store, max_source_bytes)
 
-    def plan(self, request: GenerateRequest) -> GenerationPlan:
+    def plan(self, request: GenerateRequest, source: SourceInfo | None = None) -> GenerationPlan:
         try:
-            plan = self.planner.plan(request, new_request_id())
+            plan = self.planner.plan(request, new_request_id(), source)
             if plan.output.name is not None and self._is_job_key(plan.output.name):
                 field = "output_path" if request.output_path is not None else "output_name"
                 raise InvalidField(field, f"'{self.jobs_prefix}/' is reserved for job records")
@@ -98,10 +102,40 @@ class Frontend:
     def _is_job_key(self, key: str) -> bool:
         return key.split("/", 1)[0] == self.jobs_prefix
 
+    async def probe_source(self, request: GenerateRequest) -> SourceInfo | None:
+        """Read the header of an audio-in task's source, off the event loop."""
+        if request.source is None or request.task not in SOURCE_TASKS:
+            return None
+        try:
+            return await asyncio.to_thread(self.sources.probe, request.source.key)
+        except SourceError as exc:
+            raise InvalidRequest.for_field("source", str(exc)) from None
+        except StorageError:
+            raise Unavailable("the object store is unavailable; retry later") from None
+
+    async def upload(self, data: bytes, content_type: str) -> dict[str, Any]:
+        """Store an upload under ``uploads/``; its key is usable as ``source``."""
+        if len(data) > self.sources.max_bytes:
+            raise PayloadTooLarge(f"the upload has {len(data)} bytes; the limit is {self.sources.max_bytes}")
+        try:
+            info = await asyncio.to_thread(self.sources.upload, data, content_type)
+        except SourceError as exc:
+            raise InvalidRequest.for_field("source", str(exc)) from None
+        except StorageError:
+            raise Unavailable("the object store is unavailable; nothing was stored, retry later") from None
+        return {
+            "key": info.key,
+            "sample_rate": info.sample_rate,
+            "channels": info.channels,
+            "duration": info.frames / info.sample_rate,
+            "bytes": len(data),
+        }
+
     async def _planned(self, route: str, request: GenerateRequest) -> GenerationPlan:
         try:
             # Off the event loop: counting lyric tokens is CPU work, other requests keep being served.
-            return await asyncio.to_thread(self.plan, request)
+            source = await self.probe_source(request)
+            return await asyncio.to_thread(self.plan, request, source)
         except ServiceError as exc:
             # Label with what was resolved, never with client strings (each would be a new series).
             self.metrics.request_finished(route, exc.status, "invalid", "invalid")

@@ -19,20 +19,43 @@ from ..audio import file_extension, resolve_mp3_bitrate
 from ..pipeline.invalid_field import InvalidField
 from ..pipeline.registry import CATALOG, ModelSpec
 from ..pipeline.settings import (
+    SOURCE_SAMPLE_RATE,
     GenerationParams,
     GuidanceWindow,
+    check_item_supported,
     check_supported,
     is_guided,
     model_defaults,
     uses_double_guidance,
 )
+from ..pipeline.tasks import RETAKE_SEED_TASKS, SOURCE_TASKS, output_duration
 from ..schemas import GenerateRequest, GenerationPlan, Output, ParamWarning
+from ..sources import SourceInfo
 from .lyric_limits import LyricLimits
 from .output_names import split_output_name, validate_output_name
 from .presets import Preset, PresetBook
 
 DEFAULT_FORMAT = "wav"
 DEFAULT_SAMPLE_RATE = 48000
+
+# The parameters each task reads; a task parameter given for another task is inert.
+TASK_FIELDS = {
+    "text2music": (),
+    "retake": ("retake_seeds", "retake_variance"),
+    "repaint": ("source", "retake_seeds", "retake_variance", "repaint_start", "repaint_end"),
+    "extend": ("source", "retake_seeds", "retake_variance", "repaint_start", "repaint_end"),
+    "audio2audio": ("source", "ref_audio_strength"),
+    "edit": (
+        "source",
+        "retake_seeds",
+        "edit_target_prompt",
+        "edit_target_lyrics",
+        "edit_n_min",
+        "edit_n_max",
+        "edit_n_avg",
+    ),
+}
+ALL_TASK_FIELDS = frozenset(field for fields in TASK_FIELDS.values() for field in fields)
 
 # Everything that only matters when classifier-free guidance runs.
 GUIDANCE_FIELDS = (
@@ -69,7 +92,8 @@ class Planner:
         self.compile_allowed = compile_allowed
         self.lyric_limits = LyricLimits()
 
-    def plan(self, request: GenerateRequest, request_id: str) -> GenerationPlan:
+    def plan(self, request: GenerateRequest, request_id: str, source: SourceInfo | None = None) -> GenerationPlan:
+        """``source``: what the ingress measured of ``request.source`` (for the audio-in tasks)."""
         spec = self._model(request.model)
         preset = self._preset(request.preset)
         given = {
@@ -81,6 +105,15 @@ class Planner:
         values: dict[str, Any] = {**model_defaults(spec), **preset_params, **given}
         values["model"] = spec.name
         values["actual_seeds"] = self._seeds(request)
+        task = values.get("task", "text2music")
+        if task not in spec.tasks:
+            raise InvalidField("task", f"{spec.name} offers the tasks {', '.join(spec.tasks)}, not {task}")
+        values["retake_seeds"] = self._retake_seeds(request, task, len(values["actual_seeds"]))
+        if task in SOURCE_TASKS:
+            self._resolve_source(values, task, request, source, spec)
+            self.lyric_limits.check(spec, values.get("edit_target_lyrics") or "")
+        elif request.source is not None:
+            raise InvalidField("source", f"task {task} takes no source audio")
         if values["oss_steps"]:
             # ACE-Step runs oss_steps as a subset of a max(oss_steps)-step schedule.
             values["infer_step"] = max(values["oss_steps"])
@@ -96,6 +129,7 @@ class Planner:
             raise InvalidField(field, error["msg"]).citing(source(field)) from None
         try:
             check_supported(params.batch_settings(), spec)
+            check_item_supported(params.items()[0], spec)
         except InvalidField as exc:
             raise exc.citing(source(exc.field)) from None
         if params.torch_compile and not self.compile_allowed:
@@ -138,6 +172,39 @@ class Planner:
         if len(set(seeds)) != len(seeds):
             raise InvalidField("actual_seeds", "seeds must be distinct: the same seed gives the same audio")
         return tuple(seeds)
+
+    @staticmethod
+    def _retake_seeds(request: GenerateRequest, task: str, count: int) -> tuple[int, ...]:
+        """One retake seed per output: drawn when absent; a shorter list repeats its last seed, as upstream."""
+        seeds = request.retake_seeds
+        if task not in RETAKE_SEED_TASKS:
+            return ()
+        if not seeds:
+            return tuple(secrets.randbelow(2**32) for _ in range(count))
+        if len(seeds) > count:
+            raise InvalidField("retake_seeds", f"has {len(seeds)} seeds for {count} outputs")
+        return tuple(seeds) + (seeds[-1],) * (count - len(seeds))
+
+    @staticmethod
+    def _resolve_source(values: dict, task: str, request: GenerateRequest, source: SourceInfo | None, spec) -> None:
+        if request.source is None:
+            raise InvalidField("source", f"task {task} needs source audio: an output key or an upload's key")
+        if source is None or source.key != request.source.key:
+            raise InvalidField("source", "the source was not read; retry")
+        if request.audio_duration is not None:
+            raise InvalidField("audio_duration", f"is set by the source for task {task}; leave it out")
+        values["source_samples"] = source.samples_at(SOURCE_SAMPLE_RATE)
+        source_seconds = values["source_samples"] / SOURCE_SAMPLE_RATE
+        if source_seconds > spec.max_duration_s:
+            raise InvalidField(
+                "source", f"is {source_seconds:.1f} s long; {spec.name} takes at most {spec.max_duration_s:g} s"
+            )
+        if source_seconds < spec.min_duration_s:
+            raise InvalidField(
+                "source", f"is {source_seconds:.2f} s long; {spec.name} needs at least {spec.min_duration_s:g} s"
+            )
+        task_settings = GenerationParams.model_construct(**{**values, "task": task}).task_settings()
+        values["audio_duration"] = output_duration(task_settings, source_seconds)
 
     @staticmethod
     def _output(request: GenerateRequest) -> Output:
@@ -207,4 +274,20 @@ def inert_parameter_warnings(params: GenerationParams, given: Mapping[str, Any])
         notes.setdefault("omega_scale", "has no effect: the pingpong scheduler does not use omega_scale")
     if params.oss_steps and given.get("infer_step", params.infer_step) != params.infer_step:
         notes.setdefault("infer_step", f"replaced by max(oss_steps) = {params.infer_step}")
+    for name in ALL_TASK_FIELDS - set(TASK_FIELDS[params.task]):
+        notes[name] = f"has no effect for task {params.task}"
+    if params.task == "edit":
+        for name in (
+            "cfg_type",
+            "omega_scale",
+            "guidance_interval",
+            "guidance_interval_decay",
+            "min_guidance_scale",
+            "guidance_scale_text",
+            "guidance_scale_lyric",
+            "use_erg_tag",
+            "use_erg_lyric",
+            "use_erg_diffusion",
+        ):
+            notes[name] = "has no effect for task edit: flow-edit guides every step with APG, without ERG"
     return [ParamWarning(field=name, message=message) for name, message in notes.items() if name in given]

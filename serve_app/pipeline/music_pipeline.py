@@ -20,7 +20,15 @@ from .invalid_field import InvalidField
 from .protocol import MusicModel
 from .registry import get_spec, load_model
 from .sampler import Sampler, StepCallback
-from .settings import BatchSettings, GenerationParams, ItemSettings, check_supported, model_defaults
+from .settings import (
+    BatchSettings,
+    GenerationParams,
+    ItemSettings,
+    check_item_supported,
+    check_supported,
+    model_defaults,
+)
+from .tasks import SOURCE_TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -93,21 +101,31 @@ class MusicPipeline:
         check_supported(settings, self.spec)
         if not items:
             raise InvalidField("actual_seeds", "a batch needs at least one item")
+        for item in items:
+            check_item_supported(item, self.spec)
 
     def __call__(
         self,
         settings: BatchSettings,
         items: Sequence[ItemSettings],
         on_step: StepCallback | None = None,
+        sources: Sequence[torch.Tensor] | None = None,
     ) -> BatchOutput:
+        """``sources``: for the audio-in tasks, each item's source waveform, float
+        ``(channels, samples)`` at the model's sample rate (items may share one tensor)."""
         self.check_inputs(settings, items)
+        if settings.task.task in SOURCE_TASKS and (sources is None or len(sources) != len(items)):
+            raise InvalidField("source", f"task {settings.task.task} needs one source per item")
         model = self.model(settings.bf16)
         outputs = [ItemOutput(seed=item.seed) for item in items]
         timings: dict[str, float] = {}
 
-        started = time.perf_counter()
         with torch.inference_mode():
-            sampled = Sampler(model, self.max_rows_per_forward)(settings, items, on_step)
+            started = time.perf_counter()
+            source = self._encode_sources(model, settings, sources) if settings.task.task in SOURCE_TASKS else None
+            timings["encode_s"] = time.perf_counter() - started
+            started = time.perf_counter()
+            sampled = Sampler(model, self.max_rows_per_forward)(settings, items, on_step, source)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # kernels are asynchronous: time them, not their launch
             timings["diffusion_s"] = time.perf_counter() - started
@@ -135,6 +153,23 @@ class MusicPipeline:
             timings["decode_s"] = time.perf_counter() - started
 
         return BatchOutput(items=outputs, sample_rate=model.sample_rate, timings=timings)
+
+    @staticmethod
+    def _encode_sources(model: MusicModel, settings: BatchSettings, sources: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Source latents, one row per item; a tensor shared by several items is encoded once."""
+        if not hasattr(model, "encode_audio"):
+            raise InvalidField("task", f"{model.family} cannot encode source audio")
+        encoded: dict[int, torch.Tensor] = {}
+        for waveform in sources:
+            if id(waveform) not in encoded:
+                encoded[id(waveform)] = model.encode_audio(waveform)
+        latents = torch.cat([encoded[id(waveform)] for waveform in sources])
+        if latents.shape[-1] != settings.task.source_frames:
+            raise InvalidField(
+                "source",
+                f"the source encodes to {latents.shape[-1]} frames, the batch expects {settings.task.source_frames}",
+            )
+        return latents
 
     def warmup(self, bf16: bool, torch_compile: bool = False) -> None:
         """One short generation, so the first request does not pay for lazy

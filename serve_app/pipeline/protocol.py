@@ -36,6 +36,8 @@ class Branch(enum.Enum):
     """The unconditional branch of classifier-free guidance (null or ERG-weakened)."""
     TEXT_ONLY = "text_only"
     """Prompt without lyrics: the extra branch of double-condition guidance."""
+    NULL = "null"
+    """Zero prompt states and masked-out lyrics: flow-edit's unconditional branch."""
 
 
 @dataclass(frozen=True)
@@ -107,3 +109,10 @@ class MusicModel(Protocol):
 
     def decode(self, latents: torch.Tensor, num_samples: int) -> torch.Tensor:
         """Float32 CPU waveforms ``(batch, channels, num_samples)`` at ``sample_rate``."""
+
+
+class SourceEncoder(Protocol):
+    """A family that can start from recorded audio (the audio-in tasks)."""
+
+    def encode_audio(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Latents ``(1, *latent_shape)`` of a float ``(channels, samples)`` waveform at ``sample_rate``."""

@@ -17,6 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from .tasks import TASKS
+
 if TYPE_CHECKING:
     import torch
 
@@ -62,6 +64,8 @@ class ModelSpec:
     """Parameter defaults that differ from the ACE-Step v1 defaults for this model."""
     guidance_distilled: bool = False
     """Guidance is trained into the weights: the model samples unguided only."""
+    tasks: tuple[str, ...] = ("text2music",)
+    """The tasks (``serve_app.pipeline.tasks``) this model runs."""
     tiny: bool = False
     relative_cost: float = 1.0
     """GPU time relative to ACE-Step v1 3.5B on an A100, the calibration of ``cost.CostModel``
@@ -92,6 +96,7 @@ _SERVED_CATALOG = MappingProxyType(
                 max_duration_s=240.0,
                 supported_erg=ALL_ERG,
                 max_lyric_tokens=V1_MAX_LYRIC_TOKENS,
+                tasks=TASKS,
             ),
             ModelSpec(
                 name="acestep-v15-xl-turbo",
@@ -125,6 +130,7 @@ _SERVED_CATALOG = MappingProxyType(
                 max_duration_s=240.0,
                 supported_erg=ALL_ERG,
                 max_lyric_tokens=V1_MAX_LYRIC_TOKENS,
+                tasks=TASKS,
                 tiny=True,
             ),
             ModelSpec(

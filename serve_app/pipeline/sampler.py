@@ -9,36 +9,25 @@ the batch between steps (cancellation); the rest continue unaffected.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 
 import torch
 
+from .flowedit import FlowEdit
 from .guidance import ApgGuidance, cfg, cfg_star, double_condition, per_item
 from .protocol import Branch, Conditioning, ErgFlags, MusicModel
 from .settings import BatchSettings, GuidanceWindow, ItemSettings
 from .steppers import STEPPERS, omega_gain
+from .task_start import RepaintStepper, task_start
+from .velocity import SampledLatents, chunked_velocity
 
 StepCallback = Callable[[int, int, Sequence[int]], Collection[int] | None]
 """Called after each step with ``(steps_done, total_steps, active_items)``;
 returns the indices of items to drop from the batch (e.g. cancelled)."""
 
 
-@dataclass
-class SampledLatents:
-    latents: torch.Tensor
-    items: list[int]
-    """Original indices of the rows of ``latents``; items dropped on the way are absent."""
-
-
 def base_sigmas(model: MusicModel, settings: BatchSettings) -> torch.Tensor:
     schedule = model.noise_schedule
     return schedule.subset(settings.oss_steps) if settings.oss_steps else schedule.sigmas(settings.infer_step)
-
-
-def initial_noise(model: MusicModel, settings: BatchSettings, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    # Drawn on the CPU in float32 so a seed gives the same noise on any device.
-    shape = model.latent_shape(settings.audio_duration)
-    return torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in generators])
 
 
 class _Batch:
@@ -84,22 +73,39 @@ class Sampler:
         settings: BatchSettings,
         items: Sequence[ItemSettings],
         on_step: StepCallback | None = None,
+        source: torch.Tensor | None = None,
     ) -> SampledLatents:
+        """``source``: the items' source latents, one row per item, for the audio-in tasks."""
         model = self.model
         erg = ErgFlags(settings.use_erg_tag, settings.use_erg_lyric, settings.use_erg_diffusion)
         guided_branches = [Branch.COND, Branch.UNCOND] + ([Branch.TEXT_ONLY] if settings.double_guidance else [])
         branches = guided_branches if settings.guided else [Branch.COND]
 
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
-        latents = initial_noise(model, settings, generators).to(model.device)
+        retake_generators = [torch.Generator("cpu").manual_seed(item.retake_seed) for item in items]
+        if settings.task.task == "edit":
+            return FlowEdit(model, settings, items, self.max_rows_per_forward)(source, retake_generators, on_step)
+
+        schedule = base_sigmas(model, settings)
+        start = task_start(
+            model,
+            settings,
+            STEPPERS[settings.scheduler_type](schedule).eval_sigmas,
+            generators,
+            retake_generators,
+            source,
+        )
+        if start.schedule is not None:
+            schedule = start.schedule
+        stepper = STEPPERS[settings.scheduler_type](schedule)
+        if start.constraint is not None:
+            stepper = RepaintStepper(stepper.eval_sigmas, start.constraint.to(model.device))
+        sigmas = stepper.eval_sigmas
+
         conditioning = model.encode(
             [i.prompt for i in items], [i.lyrics for i in items], branches, erg, duration_s=settings.audio_duration
         )
-        batch = _Batch(items, latents, conditioning, generators)
-
-        schedule = base_sigmas(model, settings)
-        stepper = STEPPERS[settings.scheduler_type](schedule)
-        sigmas = stepper.eval_sigmas
+        batch = _Batch(items, start.latents.to(model.device), conditioning, generators)
         # ACE-Step sizes the window by the number of scheduled sigmas but indexes it by
         # evaluation, so for heun (2N-1 evaluations) it covers an earlier stretch of
         # the trajectory than its centre; kept as upstream defines it.
@@ -107,6 +113,8 @@ class Sampler:
         apg = ApgGuidance(model.guidance_norm_dims)
 
         for step, sigma in enumerate(sigmas.tolist()):
+            if step < start.first_step:
+                continue
             if settings.guided and step in window:
                 velocity = self._guided_velocity(batch, sigma, step, settings, guided_branches, window, apg, erg)
             else:
@@ -158,19 +166,6 @@ class Sampler:
         return cfg_star(cond, uncond, scale, step)
 
     def _velocity(self, latents, sigma, conditioning, erg_rows, settings) -> torch.Tensor:
-        rows = latents.shape[0]
-        chunk = self.max_rows_per_forward or rows
-        outputs = []
-        for start in range(0, rows, chunk):
-            part = slice(start, start + chunk)
-            sigmas = torch.full((latents[part].shape[0],), sigma, dtype=torch.float32, device=latents.device)
-            outputs.append(
-                self.model.velocity(
-                    latents[part],
-                    sigmas,
-                    {key: value[part] for key, value in conditioning.items()},
-                    None if erg_rows is None else erg_rows[part],
-                    compiled=settings.torch_compile,
-                )
-            )
-        return torch.cat(outputs)
+        return chunked_velocity(
+            self.model, latents, sigma, conditioning, erg_rows, settings.torch_compile, self.max_rows_per_forward
+        )

@@ -32,14 +32,22 @@ class AceStepV1Schedule:
     hands them back to the scheduler, which shifts them once more.
     """
 
-    def __init__(self, shift: float = 3.0, num_train_timesteps: int = 1000) -> None:
+    def __init__(self, shift: float = 3.0, num_train_timesteps: int = 1000, top: float = 1.0) -> None:
         self.shift = shift
         self.num_train_timesteps = num_train_timesteps
-        smallest_train_sigma = torch.tensor(1.0 / num_train_timesteps, dtype=torch.float32)
-        self.sigma_min = float(shift_sigmas(smallest_train_sigma, shift))
+        self.top = top
+        # The training sigmas are float32 steps of 1/num_train_timesteps up to ``top``.
+        ends = torch.tensor([np.float32(top * num_train_timesteps), 1.0], dtype=torch.float32) / num_train_timesteps
+        self.sigma_max, self.sigma_min = (float(value) for value in shift_sigmas(ends, shift))
+
+    def truncated(self, top: float) -> AceStepV1Schedule:
+        """The schedule of a scheduler built with ``sigma_max=top`` (audio2audio): its
+        training sigmas stop at ``top``, so inference starts at ``shift(top)``, shifted
+        once more like every inference sigma, while the noise is mixed in at ``sigma_max``."""
+        return AceStepV1Schedule(self.shift, self.num_train_timesteps, top)
 
     def sigmas(self, num_steps: int) -> torch.Tensor:
-        linear = np.linspace(1.0, self.sigma_min, num_steps)
+        linear = np.linspace(self.sigma_max, self.sigma_min, num_steps)
         return torch.from_numpy(shift_sigmas(linear, self.shift)).to(torch.float32)
 
     def subset(self, steps: Sequence[int]) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""ACE-Step v1 audio codec, decode direction: DiT latents -> mel (DCAE decoder) -> 44.1 kHz
-waveform (vocoder) -> 48 kHz stereo.
+"""ACE-Step v1 audio codec: DiT latents -> mel (DCAE decoder) -> 44.1 kHz waveform (vocoder) ->
+48 kHz stereo, and the way back for source audio (`encode`: 48 kHz -> 44.1 kHz -> log-mel -> DCAE
+encoder -> DiT latents).
 
 Geometry (official `music_dcae_f8c8`, a diffusers `AutoencoderDC`): a stereo log-mel image
 `(2, 128 bins, frames)` is compressed 8x in both axes to latents `(8, 16, frames / 8)`. One mel
@@ -36,8 +37,9 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
+from .mel import LogMelAnalyzer
 from .vocoder import CLASS_NAME as VOCODER_CLASS_NAME
-from .vocoder import HiFiGANVocoder, VocoderConfig, checkpoint_to_state_dict, encode_only_buffers
+from .vocoder import ENCODE_ONLY_KEYS, HiFiGANVocoder, VocoderConfig, checkpoint_to_state_dict, encode_only_buffers
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderDC
@@ -182,11 +184,12 @@ class MusicCodec(nn.Module):
     output_sample_rate: int = OUTPUT_SAMPLE_RATE
     channels: int = AUDIO_CHANNELS
 
-    def __init__(self, dcae: AutoencoderDC, vocoder: HiFiGANVocoder) -> None:
+    def __init__(self, dcae: AutoencoderDC, vocoder: HiFiGANVocoder, analyzer: LogMelAnalyzer | None = None) -> None:
         super().__init__()
         _check_geometry(dcae.config, vocoder.config)
         self.dcae = dcae
         self.vocoder = vocoder
+        self.analyzer = analyzer or LogMelAnalyzer(vocoder.config)
 
     @classmethod
     def from_pretrained(
@@ -195,8 +198,9 @@ class MusicCodec(nn.Module):
         """Load `checkpoint_dir/music_dcae_f8c8` and `checkpoint_dir/music_vocoder`, every tensor accounted for."""
         checkpoint_dir = Path(checkpoint_dir)
         dcae = _load_dcae(checkpoint_dir / DCAE_FOLDER)
-        vocoder = _load_vocoder(checkpoint_dir / VOCODER_FOLDER)
-        return cls(dcae, vocoder).to(device=device, dtype=dtype).eval()
+        vocoder, analysis_buffers = _load_vocoder(checkpoint_dir / VOCODER_FOLDER)
+        codec = cls(dcae, vocoder, LogMelAnalyzer(vocoder.config, analysis_buffers))
+        return codec.to(device=device, dtype=dtype).eval()
 
     @property
     def device(self) -> torch.device:
@@ -211,6 +215,25 @@ class MusicCodec(nn.Module):
         """Float32 CPU waveforms `(batch, 2, num_samples)` at 48 kHz, one item at a time."""
         _check_decode_input(latents, num_samples)
         return torch.stack([self._decode_item(latent, num_samples) for latent in latents])
+
+    @torch.inference_mode()
+    def encode(self, waveform: Tensor) -> Tensor:
+        """DiT latents `(1, 8, 16, frames)` of a float `(2, samples)` waveform at 48 kHz.
+
+        As upstream: resample to 44.1 kHz, zero-pad to whole latent frames (so `frames` is
+        `latent_frames_for(samples)`), log-mel per channel scaled to [-1, 1], DCAE encoder, then
+        the DiT's shift and scale. The mel is computed in float32 whatever the codec's dtype.
+        """
+        if waveform.ndim != 2 or waveform.shape[0] != AUDIO_CHANNELS or waveform.shape[1] == 0:
+            raise ValueError(f"expected a (2, samples>0) waveform, got {tuple(waveform.shape)}")
+        wave = torchaudio.functional.resample(
+            waveform.to(device=self.device, dtype=torch.float32), OUTPUT_SAMPLE_RATE, VOCODER_SAMPLE_RATE
+        )
+        wave = nn.functional.pad(wave, (0, -wave.shape[-1] % SAMPLES_PER_LATENT_FRAME))
+        mel = self.analyzer(wave)
+        image = ((mel - MEL_MIN) / (MEL_MAX - MEL_MIN) - 0.5) / 0.5
+        latents = self.dcae.encoder(image.unsqueeze(0).to(self.dtype)).float()
+        return (latents - SHIFT_FACTOR) * SCALE_FACTOR
 
     def _decode_item(self, latent: Tensor, num_samples: int) -> Tensor:
         z = latent.to(device=self.device, dtype=torch.float32) / SCALE_FACTOR + SHIFT_FACTOR
@@ -328,12 +351,14 @@ def _load_dcae(folder: Path) -> AutoencoderDC:
     return dcae
 
 
-def _load_vocoder(folder: Path) -> HiFiGANVocoder:
+def _load_vocoder(folder: Path) -> tuple[HiFiGANVocoder, dict[str, Tensor] | None]:
+    """The vocoder and the file's audio-to-mel buffers (`None` when the file has none)."""
     config, weights = _read_folder(folder, VOCODER_CLASS_NAME)
     with torch.device("meta"):
         vocoder = HiFiGANVocoder(VocoderConfig.from_dict(config))
     vocoder.load_state_dict(checkpoint_to_state_dict(weights), strict=True, assign=True)
-    return vocoder
+    buffers = {key: weights[key] for key in ENCODE_ONLY_KEYS if key in weights}
+    return vocoder, buffers if len(buffers) == len(ENCODE_ONLY_KEYS) else None
 
 
 def _build_modules(size: str) -> tuple[AutoencoderDC, HiFiGANVocoder]:

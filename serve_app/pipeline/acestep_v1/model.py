@@ -10,6 +10,8 @@ single masked token 0), all passed through the DiT's ``encode``. The branches:
   without it, zero prompt states and zero lyric ids.
 * ``TEXT_ONLY`` (double guidance): the prompt with the ERG-weakened lyrics, or
   with zero lyric ids without ERG on lyrics.
+* ``NULL`` (flow-edit's unconditional): zero prompt states, zero lyric ids with
+  their mask cleared, no ERG.
 
 ERG on diffusion weakens the DiT's queries on the rows the sampler marks
 (``erg_rows``), which are the unconditional rows.
@@ -119,8 +121,8 @@ class AceStepV1Model:
         lyric_ids, lyric_mask = self._lyric_tokens(lyrics)
         speaker = torch.zeros(1, self.transformer.config.speaker_embedding_dim, device=self.device, dtype=self.dtype)
 
-        def encode(text_states, ids, weaken_lyrics=False):
-            states, mask = self.transformer.encode(text_states, text_mask, speaker, ids, lyric_mask, weaken_lyrics)
+        def encode(text_states, ids, weaken_lyrics=False, ids_mask=lyric_mask):
+            states, mask = self.transformer.encode(text_states, text_mask, speaker, ids, ids_mask, weaken_lyrics)
             return states[0], mask[0]
 
         result = {}
@@ -136,6 +138,8 @@ class AceStepV1Model:
                 result[branch] = encode(text, lyric_ids, True)
             elif branch is Branch.TEXT_ONLY:
                 result[branch] = encode(text, torch.zeros_like(lyric_ids))
+            elif branch is Branch.NULL:
+                result[branch] = encode(torch.zeros_like(text), torch.zeros_like(lyric_ids), ids_mask=lyric_mask * 0)
             else:
                 raise ValueError(f"unknown branch {branch!r}")
         return result
@@ -225,6 +229,10 @@ class AceStepV1Model:
 
     def decode(self, latents: torch.Tensor, num_samples: int) -> torch.Tensor:
         return self.codec.decode(latents, num_samples)
+
+    def encode_audio(self, waveform: torch.Tensor) -> torch.Tensor:
+        """The DCAE encode path (``codec.encode``): float32 latents of a 48 kHz stereo waveform."""
+        return self.codec.encode(waveform)
 
 
 def load(path: Path, *, device: torch.device, dtype: torch.dtype, spec=None) -> AceStepV1Model:

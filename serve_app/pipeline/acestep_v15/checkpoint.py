@@ -76,11 +76,13 @@ def write_tiny_checkpoint(path: Path, variant: str) -> None:
     """Write a tiny random ACE-Step 1.5 pipeline in the diffusers layout.
 
     ``variant`` is the model name: names containing ``turbo`` get a turbo DiT
-    config and a condition encoder without ``null_condition_emb``; the others a
-    guided (base) DiT with one. Write into a fresh folder:
-    ``serve_app.pipeline.tiny`` stages it and moves it into place.
+    config, the others a guided (base) DiT. Both condition encoders carry
+    ``null_condition_emb``, as diffusers declares it and the real layout has it
+    (a file without it leaves the parameter on the meta device when diffusers
+    loads it). Write into a fresh folder: ``serve_app.pipeline.tiny`` stages it
+    and moves it into place.
     """
     from .components import build_pipeline
 
-    pipe = build_pipeline(size="tiny", variant=configs.variant_of(variant))
+    pipe = build_pipeline(size="tiny", variant=configs.variant_of(variant), with_null_condition=True)
     pipe.save_pretrained(Path(path), safe_serialization=True)
