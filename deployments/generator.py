@@ -15,7 +15,8 @@ from serve_app.generation.engine import EngineConfig, GenerationEngine
 from serve_app.metrics import ServeMetrics
 from serve_app.pipeline.music_pipeline import MusicPipeline
 from serve_app.progress import Progress
-from serve_app.schemas import GenerateResponse, GenerationPlan
+from serve_app.responses import GenerateResponse
+from serve_app.schemas import GenerationPlan
 from serve_app.storage.watch import StorageWatch
 
 from .cluster import make_store

@@ -32,7 +32,8 @@ from serve_app.ingress.planner import Planner
 from serve_app.ingress.presets import PresetBook
 from serve_app.jobs import JobRequest, JobStatus
 from serve_app.metrics import ServeMetrics
-from serve_app.schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
+from serve_app.responses import GenerateResponse, ModelInfo, PresetInfo
+from serve_app.schemas import GenerateRequest, GenerationPlan
 
 from .calls import call
 from .cluster import make_store

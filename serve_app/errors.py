@@ -10,7 +10,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from .pipeline.invalid_field import InvalidField
-from .schemas import LEGACY_FIELD_HINTS, ErrorBody, ErrorResponse, FieldError
+from .responses import ErrorBody, ErrorResponse, FieldError
+from .schemas import LEGACY_FIELD_HINTS
 
 
 class ServiceError(Exception):

@@ -215,7 +215,7 @@ def test_the_same_parameter_counts_when_not_warned(pipeline, planner, base, fiel
 
 
 def test_events_stream_progress_then_the_response_and_closing_early_cancels(pipeline, planner, store):
-    from serve_app.schemas import GenerateResponse
+    from serve_app.responses import GenerateResponse
 
     engine = GenerationEngine({TEST_MODEL: pipeline}, store)
     plan = make_plan(planner, actual_seeds=[1, 2], infer_step=4)

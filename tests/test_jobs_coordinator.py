@@ -13,7 +13,8 @@ from serve_app.jobs import CoordinatorConfig, JobConflict, JobCoordinator, JobNo
 from serve_app.jobs.webhooks import DeliveryOutcome
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
 from serve_app.progress import STAGE_ORDER, Progress
-from serve_app.schemas import GenerateResponse, GenerationPlan, Output
+from serve_app.responses import GenerateResponse
+from serve_app.schemas import GenerationPlan, Output
 from serve_app.storage import LocalStore, StorageConfigError, StorageUnavailableError
 
 from .fake_clock import settled

@@ -227,7 +227,8 @@ def test_python_handle_api(base_url):
     from ray import serve
 
     from serve_app.errors import InvalidRequest
-    from serve_app.schemas import GenerateRequest, GenerateResponse
+    from serve_app.responses import GenerateResponse
+    from serve_app.schemas import GenerateRequest
 
     handle = serve.get_app_handle(APP)
     request = GenerateRequest(prompt="handle call", preset="precision", audio_duration=1.0, actual_seeds=[3])

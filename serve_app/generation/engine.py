@@ -28,7 +28,8 @@ from ..pipeline.music_pipeline import BatchOutput, ItemOutput, MusicPipeline
 from ..pipeline.settings import SOURCE_SAMPLE_RATE, BatchSettings, ItemSettings
 from ..pipeline.tasks import SOURCE_TASKS
 from ..progress import GenerationCancelled, Progress, ProgressSink, Stage
-from ..schemas import GenerateResponse, GenerationPlan, ItemFailure, OutputFile
+from ..responses import GenerateResponse, ItemFailure, OutputFile
+from ..schemas import GenerationPlan
 from ..sources import MAX_SOURCE_BYTES, SourceError, SourceLibrary
 from ..storage import ObjectStore, StorageConfigError, StorageError, build_output_key, sidecar_key, write_output
 from ..storage.janitor import PendingUploads

@@ -20,15 +20,8 @@ from starlette.exceptions import HTTPException
 
 from ..errors import InvalidRequest, PayloadTooLarge, ServiceError, Unauthorized
 from ..jobs import JobAccepted, JobRequest, JobStatus
-from ..schemas import (
-    ErrorBody,
-    ErrorResponse,
-    GenerateRequest,
-    GenerateResponse,
-    HealthReport,
-    ModelInfo,
-    PresetInfo,
-)
+from ..responses import ErrorBody, ErrorResponse, GenerateResponse, HealthReport, ModelInfo, PresetInfo
+from ..schemas import GenerateRequest
 from .api_docs import (
     EVENTS_RESPONSES,
     OUTPUT_GET_RESPONSES,

@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..audio import AUDIO_FORMATS, content_type
-from ..schemas import ErrorResponse, PresetInfo
+from ..responses import ErrorResponse, PresetInfo
 
 DOCS_ASSETS_URL = "/docs/assets"
 DOCS_ASSETS_DIR = Path(importlib.util.find_spec("fastapi_offline").origin).parent / "static"

@@ -22,7 +22,8 @@ from ..metrics import NullMetrics
 from ..pipeline.invalid_field import InvalidField
 from ..pipeline.registry import CATALOG
 from ..pipeline.tasks import SOURCE_TASKS
-from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan, ModelInfo, PresetInfo
+from ..responses import GenerateResponse, ModelInfo, PresetInfo
+from ..schemas import GenerateRequest, GenerationPlan
 from ..sources import MAX_SOURCE_BYTES, SourceError, SourceInfo, SourceLibrary
 from ..storage import (
     LocalStore,

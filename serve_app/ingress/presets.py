@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..pipeline.settings import GenerationParams
-from ..schemas import GenerateRequest, PresetInfo
+from ..responses import PresetInfo
+from ..schemas import GenerateRequest
 
 DEFAULT_PRESETS_PATH = Path(__file__).resolve().parents[2] / "configs" / "presets.json"
 

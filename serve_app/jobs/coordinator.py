@@ -26,7 +26,8 @@ from typing import Protocol
 
 from ..errors import Conflict, ServiceError, StorageMisconfigured, Unavailable
 from ..progress import STAGE_ORDER, GenerationCancelled, Progress
-from ..schemas import GenerateResponse, GenerationPlan
+from ..responses import GenerateResponse
+from ..schemas import GenerationPlan
 from ..storage import StorageConfigError, StorageError
 from .models import ItemProgress, JobError, JobProgress, JobRecord, JobStatus, WebhookDelivery
 from .records import JobNotFound, JobRecords

@@ -13,7 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..progress import Stage
-from ..schemas import GenerateRequest, GenerateResponse, GenerationPlan
+from ..responses import GenerateResponse
+from ..schemas import GenerateRequest, GenerationPlan
 from .webhooks import parse_webhook_url
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
