@@ -166,6 +166,36 @@ class PresetInfo(BaseModel):
     """The fields it sets; a request's own fields override them."""
 
 
+class UploadedSource(BaseModel):
+    """``POST /uploads``: the stored source audio, as read from its header."""
+
+    model_config = ConfigDict(
+        use_attribute_docstrings=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "key": "uploads/2026-12-01/3f0c9a51e2b84d0c9c7c2f43b4a1d6e2.wav",
+                    "sample_rate": 44100,
+                    "channels": 2,
+                    "duration": 30.0,
+                    "bytes": 5292044,
+                }
+            ]
+        },
+    )
+
+    key: str
+    """The stored file's key: pass it as ``source: {"key": ...}`` of an audio-in task."""
+    sample_rate: int
+    """The file's own sample rate in Hz (the generator resamples it to the model's)."""
+    channels: int
+    """1 or 2."""
+    duration: float
+    """Seconds of audio in the file."""
+    bytes: int
+    """The file's size."""
+
+
 class ModelInfo(BaseModel):
     """A catalog entry as ``GET /models`` shows it: the ``ModelSpec`` fields of the same name."""
 

@@ -20,7 +20,15 @@ from starlette.exceptions import HTTPException
 
 from ..errors import InvalidRequest, PayloadTooLarge, ServiceError, Unauthorized
 from ..jobs import JobAccepted, JobRequest, JobStatus
-from ..responses import ErrorBody, ErrorResponse, GenerateResponse, HealthReport, ModelInfo, PresetInfo
+from ..responses import (
+    ErrorBody,
+    ErrorResponse,
+    GenerateResponse,
+    HealthReport,
+    ModelInfo,
+    PresetInfo,
+    UploadedSource,
+)
 from ..schemas import GenerateRequest
 from .api_docs import (
     EVENTS_RESPONSES,
@@ -81,8 +89,15 @@ def create_app(frontend: Frontend, api_keys: ApiKeys | None = None) -> FastAPI:
         """Generate and store the audio; answers when the files are stored. Long songs: use POST /jobs."""
         return await frontend.generate(body)
 
-    @app.post("/uploads", status_code=201, responses=error_responses(401, 413, 422, 500, 503), dependencies=authed)
-    async def upload(request: Request) -> dict:
+    @app.post(
+        "/uploads",
+        status_code=201,
+        response_model=UploadedSource,
+        response_description="Stored; the key is usable as source.",
+        responses=error_responses(401, 413, 422, 500, 503),
+        dependencies=authed,
+    )
+    async def upload(request: Request) -> UploadedSource:
         """Source audio for the audio-in tasks: a raw body with an audio content type, or
         multipart/form-data with one file part. Answers the key to pass as ``source``."""
         data, content_type = await _upload_body(request, frontend.sources.max_bytes)

@@ -22,7 +22,7 @@ from ..metrics import NullMetrics
 from ..pipeline.invalid_field import InvalidField
 from ..pipeline.registry import CATALOG
 from ..pipeline.tasks import SOURCE_TASKS
-from ..responses import GenerateResponse, ModelInfo, PresetInfo
+from ..responses import GenerateResponse, ModelInfo, PresetInfo, UploadedSource
 from ..schemas import GenerateRequest, GenerationPlan
 from ..sources import MAX_SOURCE_BYTES, SourceError, SourceInfo, SourceLibrary
 from ..storage import (
@@ -114,7 +114,7 @@ class Frontend:
         except StorageError:
             raise Unavailable("the object store is unavailable; retry later") from None
 
-    async def upload(self, data: bytes, content_type: str) -> dict[str, Any]:
+    async def upload(self, data: bytes, content_type: str) -> UploadedSource:
         """Store an upload under ``uploads/``; its key is usable as ``source``."""
         if len(data) > self.sources.max_bytes:
             raise PayloadTooLarge(f"the upload has {len(data)} bytes; the limit is {self.sources.max_bytes}")
@@ -124,13 +124,13 @@ class Frontend:
             raise InvalidRequest.for_field("source", str(exc)) from None
         except StorageError:
             raise Unavailable("the object store is unavailable; nothing was stored, retry later") from None
-        return {
-            "key": info.key,
-            "sample_rate": info.sample_rate,
-            "channels": info.channels,
-            "duration": info.frames / info.sample_rate,
-            "bytes": len(data),
-        }
+        return UploadedSource(
+            key=info.key,
+            sample_rate=info.sample_rate,
+            channels=info.channels,
+            duration=info.frames / info.sample_rate,
+            bytes=len(data),
+        )
 
     async def _planned(self, route: str, request: GenerateRequest) -> GenerationPlan:
         try:
