@@ -4,9 +4,10 @@ Ray-free: ``deployments/jobs.py`` hosts the ``JobCoordinator`` as one Serve
 replica and gives it the generator's streaming handle.
 """
 
-from .coordinator import CoordinatorConfig, JobConflict, JobCoordinator, JobStream
+from .coordinator import CoordinatorConfig, JobConflict, JobCoordinator
 from .models import JobAccepted, JobProgress, JobRequest, JobStatus
 from .records import JobNotFound, JobRecords
+from .state import JobStream
 from .webhooks import WebhookPolicy, WebhookSender
 
 __all__ = [
