@@ -277,17 +277,6 @@ def inert_parameter_warnings(params: GenerationParams, given: Mapping[str, Any])
     for name in ALL_TASK_FIELDS - set(TASK_FIELDS[params.task]):
         notes[name] = f"has no effect for task {params.task}"
     if params.task == "edit":
-        for name in (
-            "cfg_type",
-            "omega_scale",
-            "guidance_interval",
-            "guidance_interval_decay",
-            "min_guidance_scale",
-            "guidance_scale_text",
-            "guidance_scale_lyric",
-            "use_erg_tag",
-            "use_erg_lyric",
-            "use_erg_diffusion",
-        ):
+        for name in (*GUIDANCE_FIELDS, "omega_scale"):
             notes[name] = "has no effect for task edit: flow-edit guides every step with APG, without ERG"
     return [ParamWarning(field=name, message=message) for name, message in notes.items() if name in given]
