@@ -145,14 +145,14 @@ def test_a_request_cancelled_while_its_files_are_written_leaves_none(pipeline, p
 
     writing, release = threading.Event(), threading.Event()
     engine = GenerationEngine({TEST_MODEL: pipeline}, store)
-    real_write = engine._write
+    real_write = engine.outputs.write
 
     def slow_write(*args):
         writing.set()
         release.wait(10)
         return real_write(*args)
 
-    monkeypatch.setattr(engine, "_write", slow_write)
+    monkeypatch.setattr(engine.outputs, "write", slow_write)
     plan = make_plan(planner, actual_seeds=[1])
 
     async def main():

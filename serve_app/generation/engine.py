@@ -3,38 +3,35 @@
 Ray-free so it can be tested with plain asyncio; ``deployments/generator.py``
 wraps it in a Serve replica. One GPU thread runs one batch at a time; encoding
 and uploads run on an I/O pool so the next batch starts as soon as the
-previous one is decoded.
+previous one is decoded. What happens to a request's outputs in the store is
+``outputs.py``'s job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 
 import torch
 
-from ..audio import content_type, encode_audio, file_extension, resample
 from ..errors import GenerationFailed, InvalidRequest, StorageMisconfigured, Unavailable
-from ..ingress.output_names import split_output_name
 from ..metrics import NullMetrics
 from ..pipeline.cost import CostModel
 from ..pipeline.music_pipeline import BatchOutput, ItemOutput, MusicPipeline
 from ..pipeline.settings import SOURCE_SAMPLE_RATE, BatchSettings, ItemSettings
 from ..pipeline.tasks import SOURCE_TASKS
 from ..progress import GenerationCancelled, Progress, ProgressSink, Stage
-from ..responses import GenerateResponse, ItemFailure, OutputFile
+from ..responses import GenerateResponse, ItemFailure
 from ..schemas import GenerationPlan
 from ..sources import MAX_SOURCE_BYTES, SourceError, SourceLibrary
-from ..storage import ObjectStore, StorageConfigError, StorageError, build_output_key, sidecar_key, write_output
-from ..storage.janitor import PendingUploads
-from .batching import BatchInfo, KeyedBatcher
+from ..storage import ObjectStore, StorageConfigError, StorageError
+from .batching import KeyedBatcher
 from .load import ReplicaLoad, batch_cap, key_id
+from .outputs import OutputWriter, RequestUpload, WrittenOutput, resolved_params
 
 logger = logging.getLogger(__name__)
 
@@ -80,37 +77,11 @@ class _Work:
             self.progress(Progress(self.request_id, self.index, stage, step, self.total_steps))
 
 
-class _Upload:
-    """One request's outputs in the store: its marker is written once, before the first output."""
-
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
-        self.started_at = datetime.now(UTC)
-        """Also the date in every key of the request, so all its outputs share one folder."""
-        self.folder: str | None = None
-        """Set once the marker is written."""
-        self.lock = threading.Lock()
-        self.writes: list[asyncio.Future] = []
-
-    def begin(self, uploads: PendingUploads, key: str) -> None:
-        with self.lock:
-            if self.folder is None:
-                folder = key.rpartition("/")[0]
-                uploads.begin(self.request_id, folder, self.started_at)
-                self.folder = folder
-
-
 @dataclass
 class _Generated:
     output: ItemOutput
     sample_rate: int
     timings: dict[str, float]
-
-
-@dataclass
-class _Written:
-    file: OutputFile
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 class GenerationEngine:
@@ -138,11 +109,15 @@ class GenerationEngine:
         )
         self._gpu = ThreadPoolExecutor(1, thread_name_prefix="gpu")
         self._io = ThreadPoolExecutor(self.config.io_workers, thread_name_prefix="encode-upload")
-        self._io_pending: set[asyncio.Future] = set()
-        """Clean-ups of cancelled requests (``_abandon``), which no request waits for; ``drain`` waits for them."""
+        self.outputs = OutputWriter(
+            store,
+            self._io,
+            self.metrics,
+            output_prefix=self.config.output_prefix,
+            jobs_prefix=self.config.jobs_prefix,
+        )
         self._device_error: str | None = None
         self._sources = SourceLibrary(store, self.config.max_source_bytes)
-        self.uploads = PendingUploads(store, self.config.jobs_prefix)
         self._costs = {name: CostModel(scale=pipeline.spec.relative_cost) for name, pipeline in self.pipelines.items()}
         self._running_ends_at: float | None = None
         """When the cost model expects the running batch to finish (``time.monotonic``)."""
@@ -192,7 +167,7 @@ class GenerationEngine:
         ]
         for work in works:
             work.report("queued")
-        upload = _Upload(plan.request_id)
+        upload = RequestUpload(plan.request_id)
         self._requests += 1
         try:
             results = await asyncio.gather(
@@ -201,7 +176,7 @@ class GenerationEngine:
         except asyncio.CancelledError:
             for work in works:
                 work.cancelled = True
-            self._track(asyncio.get_running_loop().create_task(self._abandon(upload)))
+            self.outputs.abandon(upload)
             raise
         finally:
             self._requests -= 1
@@ -282,7 +257,9 @@ class GenerationEngine:
         missing = params.source_samples - waveform.shape[1]
         return torch.nn.functional.pad(waveform, (0, missing)) if missing > 0 else waveform[:, : params.source_samples]
 
-    async def _produce(self, plan: GenerationPlan, settings: BatchSettings, work: _Work, upload: _Upload) -> _Written:
+    async def _produce(
+        self, plan: GenerationPlan, settings: BatchSettings, work: _Work, upload: RequestUpload
+    ) -> WrittenOutput:
         generated, batch = await self._batcher.submit(settings, work)
         self.metrics.queue_wait(settings.model, batch.queue_wait_s)
         output = generated.output
@@ -291,9 +268,12 @@ class GenerationEngine:
         if output.error is not None:
             raise ItemGenerationFailed(output.seed, output.error)
         work.report("encoding", work.total_steps)
-        write = asyncio.get_running_loop().run_in_executor(self._io, self._write, plan, generated, batch, upload)
+        timings = {"queue_s": batch.queue_wait_s, **generated.timings}
+        write = asyncio.get_running_loop().run_in_executor(
+            self._io, self.outputs.write, plan, output, generated.sample_rate, timings, batch.size, upload
+        )
         upload.writes.append(write)
-        # Shielded: a write the request abandons still finishes, and is then removed (``_abandon``).
+        # Shielded: a write the request abandons still finishes, and is then removed (``OutputWriter.abandon``).
         written = await asyncio.shield(write)
         work.report("done", work.total_steps)
         return written
@@ -334,76 +314,17 @@ class GenerationEngine:
         self.metrics.batch_finished(settings.model, len(works), finished * settings.audio_duration, elapsed)
         return [_Generated(item, output.sample_rate, dict(output.timings)) for item in output.items]
 
-    def _write(self, plan: GenerationPlan, generated: _Generated, batch: BatchInfo, upload: _Upload) -> _Written:
-        spec, output = plan.output, generated.output
-        timings = {"queue_s": batch.queue_wait_s, **generated.timings}
-        started = time.perf_counter()
-        waveform = output.waveform
-        if spec.sample_rate != generated.sample_rate:
-            waveform = resample(waveform, generated.sample_rate, spec.sample_rate)
-        data = encode_audio(waveform, spec.sample_rate, spec.format, mp3_bitrate_kbps=spec.mp3_bitrate_kbps)
-        timings["encode_s"] = time.perf_counter() - started
-
-        ext = file_extension(spec.format)
-        folders, stem = split_output_name(spec.name, ext) if spec.name is not None else ([], None)
-        key = build_output_key(
-            self.config.output_prefix,
-            plan.request_id,
-            output.seed,
-            ext,
-            folders=folders,
-            stem=stem,
-            when=upload.started_at,
-        )
-        file = OutputFile(
-            seed=output.seed,
-            key=key,
-            url="",
-            format=spec.format,
-            sample_rate=spec.sample_rate,
-            duration=plan.params.audio_duration,
-            batch_size=batch.size,
-            sidecar_key=sidecar_key(key),
-        )
-        sidecar = {
-            "request_id": plan.request_id,
-            "preset": plan.preset,
-            "output": file.model_dump(exclude={"url"}),
-            "params": resolved_params(plan),
-            "warnings": [warning.model_dump() for warning in plan.warnings],
-            "timings": timings,
-            "created_at": datetime.now(UTC).isoformat(),
-        }
-        started = time.perf_counter()
-        try:
-            upload.begin(self.uploads, key)
-            write_output(self.store, key, data, content_type(spec.format), sidecar)
-            url = self.store.url(key)
-        except StorageConfigError as exc:
-            logger.error("request %s: storing %s failed: %s", plan.request_id, key, exc)
-            self.metrics.storage_op("write_output", time.perf_counter() - started, ok=False)
-            raise StorageMisconfigured.because(exc.public_message) from None
-        except StorageError as exc:
-            # The details name endpoints and buckets: for the log, not the client.
-            logger.error("request %s: storing %s failed: %s", plan.request_id, key, exc)
-            self.metrics.storage_op("write_output", time.perf_counter() - started, ok=False)
-            raise Unavailable("object storage is unavailable; nothing was stored, retry later") from None
-        timings["upload_s"] = time.perf_counter() - started
-        self.metrics.storage_op("write_output", timings["upload_s"], ok=True)
-        return _Written(file.model_copy(update={"url": url}), timings)
-
-    async def _respond(self, plan: GenerationPlan, upload: _Upload, results: list, elapsed: float) -> GenerateResponse:
-        written = [result for result in results if isinstance(result, _Written)]
+    async def _respond(
+        self, plan: GenerationPlan, upload: RequestUpload, results: list, elapsed: float
+    ) -> GenerateResponse:
+        written = [result for result in results if isinstance(result, WrittenOutput)]
         errors = [result for result in results if isinstance(result, BaseException)]
         failures = [error for error in errors if isinstance(error, ItemGenerationFailed)]
         fatal = [error for error in errors if not isinstance(error, (ItemGenerationFailed, GenerationCancelled))]
-        if not fatal and written and not await self._commit(upload):
+        if not fatal and written and not await self.outputs.commit(upload):
             fatal = [Unavailable("object storage is unavailable; nothing was stored, retry later")]
         if fatal or not written:
-            # The request fails as a whole: remove what it wrote (its failed writes too may have left
-            # objects), then its marker; what the store refuses now, the janitor removes later.
-            if upload.folder is not None and await self._remove_outputs(upload):
-                await self._commit(upload)
+            await self.outputs.discard(upload)  # the request fails as a whole
             if fatal:
                 raise next((error for error in fatal if isinstance(error, Unavailable)), fatal[0])
             if failures:
@@ -425,33 +346,6 @@ class GenerationEngine:
             failures=[ItemFailure(seed=error.seed, message=error.reason) for error in failures],
         )
 
-    def _track(self, work: asyncio.Future) -> None:
-        self._io_pending.add(work)
-        work.add_done_callback(self._io_pending.discard)
-
-    async def _remove_outputs(self, upload: _Upload) -> bool:
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._io, self.uploads.remove_outputs, upload.folder)
-        except StorageError as exc:
-            logger.warning("request %s failed; its outputs are left for the janitor: %s", upload.request_id, exc)
-            return False
-        return True
-
-    async def _commit(self, upload: _Upload) -> bool:
-        """Drop the request's pending-upload marker; False if the store refused."""
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._io, self.uploads.commit, upload.request_id)
-        except StorageError as exc:
-            logger.error("request %s: committing its outputs failed: %s", upload.request_id, exc)
-            return False
-        return True
-
-    async def _abandon(self, upload: _Upload) -> None:
-        """A cancelled request: once the writes it started have landed, remove them and its marker."""
-        await asyncio.gather(*upload.writes, return_exceptions=True)
-        if upload.folder is not None and await self._remove_outputs(upload):
-            await self._commit(upload)
-
     def loaded(self) -> bool:
         return all(pipeline.loaded_variants() for pipeline in self.pipelines.values())
 
@@ -464,8 +358,7 @@ class GenerationEngine:
 
     async def drain(self) -> None:
         """Wait until the writes and removals of abandoned requests have landed."""
-        while self._io_pending:
-            await asyncio.gather(*self._io_pending, return_exceptions=True)
+        await self.outputs.drain()
 
     async def close(self) -> None:
         """Stop batching (queued items are cancelled), let pending writes and removals land, free the pools.
@@ -476,15 +369,3 @@ class GenerationEngine:
         await self.drain()
         self._gpu.shutdown(wait=False, cancel_futures=True)
         self._io.shutdown(wait=True)
-
-
-def resolved_params(plan: GenerationPlan) -> dict:
-    """Sampling and output parameters: POSTing them back repeats the request exactly."""
-    params = plan.params.request_fields()
-    params.update(
-        format=plan.output.format,
-        mp3_bitrate_kbps=plan.output.mp3_bitrate_kbps,
-        sample_rate=plan.output.sample_rate,
-        output_name=plan.output.name,
-    )
-    return params
