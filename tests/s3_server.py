@@ -17,6 +17,7 @@ fixture in conftest.py) and isolate themselves with a bucket each
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import os
 import secrets
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from minio import Minio
+from minio.error import S3Error
 
 from .ports import HOST, free_ports
 
@@ -43,6 +45,11 @@ STOP_GRACE_S = 10.0
 # stopped for an outage test.
 GRPC_OFFSET = 10000
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")
+# An object written at the first start and read back after each restart: list_buckets answers
+# before the volume server has reported its volumes, and a GET in that window is an InternalError.
+PROBE_BUCKET = "readiness-probe"
+PROBE_KEY = "probe"
+PROBE_DATA = b"ready"
 
 
 def weed_binary() -> str:
@@ -130,6 +137,7 @@ class SeaweedS3:
                 raise RuntimeError(f"weed exited with {self._process.returncode}; see {self.directory / 'weed.log'}")
             try:
                 client.list_buckets()
+                self._probe(client)
                 return
             except Exception as exc:
                 if time.monotonic() > deadline:
@@ -137,6 +145,25 @@ class SeaweedS3:
                     raise RuntimeError(f"SeaweedFS S3 not ready after {START_TIMEOUT_S}s: {exc}") from exc
             # Polling a port that is not open yet: each failed connect returns at once.
             time.sleep(0.1)
+
+    @staticmethod
+    def _probe(client: Minio) -> None:
+        """Raise unless the objects stored before this start can be read (writing the probe on the first)."""
+        if not client.bucket_exists(PROBE_BUCKET):
+            client.make_bucket(PROBE_BUCKET)
+        try:
+            response = client.get_object(PROBE_BUCKET, PROBE_KEY)
+        except S3Error as exc:
+            if exc.code != "NoSuchKey":
+                raise
+            client.put_object(PROBE_BUCKET, PROBE_KEY, io.BytesIO(PROBE_DATA), len(PROBE_DATA))
+            response = client.get_object(PROBE_BUCKET, PROBE_KEY)
+        try:
+            if response.read() != PROBE_DATA:
+                raise RuntimeError("the readiness probe came back changed")
+        finally:
+            response.close()
+            response.release_conn()
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop serving (SIGTERM, SIGKILL after a grace period; ``kill`` skips the grace)."""
