@@ -234,11 +234,24 @@ def _eventually(call, timeout_s: float = 120):
             time.sleep(0.5)
 
 
-def test_every_job_survives_restarts_of_the_coordinator_and_the_ingress(client):
+def _recorded_status(outputs_dir, job_id: str) -> dict:
+    """The job's status as the store holds it (what a restarted coordinator resumes from)."""
+    record = json.loads((outputs_dir / "jobs" / "records" / f"{job_id}.json").read_text())
+    return record["status"]
+
+
+def test_every_job_survives_restarts_of_the_coordinator_and_the_ingress(client, outputs_dir):
     done = submit(client, actual_seeds=[41])
     wait_until(client, done["job_id"], finished)
     slow = submit(client, actual_seeds=[42], audio_duration=4.0, infer_step=200, scheduler_type="heun")
     wait_until(client, slow["job_id"], lambda job: job["status"] == "running")
+    # The running record (attempt 1) is written in the background: kill only once it is durable.
+    running = _recorded_status(outputs_dir, slow["job_id"])  # written before the submit was answered
+    deadline = time.monotonic() + 60
+    while running["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        running = _recorded_status(outputs_dir, slow["job_id"])
+    assert running["status"] == "running" and running["attempts"] == 1
 
     _kill_replica("JobCoordinator")  # mid-job: the new one resumes it from the store
     assert _eventually(lambda: status(client, done["job_id"]))["status"] == "succeeded"
