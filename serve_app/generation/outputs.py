@@ -124,14 +124,12 @@ class OutputWriter:
             upload.begin(self.uploads, key)
             write_output(self.store, key, data, content_type(spec.format), sidecar)
             url = self.store.url(key)
-        except StorageConfigError as exc:
-            logger.error("request %s: storing %s failed: %s", plan.request_id, key, exc)
-            self.metrics.storage_op("write_output", time.perf_counter() - started, ok=False)
-            raise StorageMisconfigured.because(exc.public_message) from None
         except StorageError as exc:
             # The details name endpoints and buckets: for the log, not the client.
             logger.error("request %s: storing %s failed: %s", plan.request_id, key, exc)
             self.metrics.storage_op("write_output", time.perf_counter() - started, ok=False)
+            if isinstance(exc, StorageConfigError):
+                raise StorageMisconfigured.because(exc.public_message) from None
             raise Unavailable("object storage is unavailable; nothing was stored, retry later") from None
         timings["upload_s"] = time.perf_counter() - started
         self.metrics.storage_op("write_output", timings["upload_s"], ok=True)
