@@ -126,7 +126,7 @@ class Outcome:
     latencies: list[float] = field(default_factory=list)
 
 
-def app_args(variant: Variant, store: Seaweed, join_slack_items: float) -> dict:
+def app_args(variant: Variant, store: Seaweed, work_weight: float) -> dict:
     low, high = variant.replicas
     autoscaling = {"min_replicas": low, "max_replicas": high, "initial_replicas": low, **DELAYS}
     autoscaling |= {"target_ongoing_requests": 8, "look_back_period_s": 5, "metrics_interval_s": 1.0}
@@ -138,7 +138,7 @@ def app_args(variant: Variant, store: Seaweed, join_slack_items: float) -> dict:
         "autoscaling_config": autoscaling,
     }
     if variant.routing == "batch_key":
-        generator["request_router_config"] = {"request_router_kwargs": {"join_slack_items": join_slack_items}}
+        generator["request_router_config"] = {"request_router_kwargs": {"work_weight": work_weight}}
     return {
         "models": [MODEL],
         "num_gpus": 1,
@@ -166,12 +166,12 @@ def running_generators() -> int:
     return application.deployments["Generator"].replica_states.get("RUNNING", 0)
 
 
-def deploy(variant: Variant, store: Seaweed, join_slack_items: float) -> None:
+def deploy(variant: Variant, store: Seaweed, work_weight: float) -> None:
     from ray import serve
 
     from deployments.app import build_app
 
-    serve.run(build_app(app_args(variant, store, join_slack_items)), name=APP, route_prefix="/")
+    serve.run(build_app(app_args(variant, store, work_weight)), name=APP, route_prefix="/")
     while running_generators() < variant.replicas[0]:
         time.sleep(0.5)
 
@@ -221,10 +221,10 @@ async def drive(profile: str, durations: tuple[float, ...], requests: int, clien
     return results
 
 
-def run_profile(profile: str, variant: Variant, store: Seaweed, durations, requests, clients, slack) -> Outcome:
+def run_profile(profile: str, variant: Variant, store: Seaweed, durations, requests, clients, weight) -> Outcome:
     from ray import serve
 
-    deploy(variant, store, slack)
+    deploy(variant, store, weight)
     started = time.monotonic()
     sampler = ReplicaSampler(started)
     sampler.start()
@@ -323,7 +323,7 @@ def main() -> int:
     parser.add_argument("--mix-requests", type=int, default=96)
     parser.add_argument("--profiles", nargs="+", default=["steady", "burst", "mix"])
     parser.add_argument("--out", type=Path, default=HERE)
-    parser.add_argument("--join-slack-items", type=float, default=1.0, help="the batch-key router's join_slack_items")
+    parser.add_argument("--work-weight", type=float, default=6.0, help="the batch-key router's work_weight")
     args = parser.parse_args()
     replicas = args.nodes * args.gpus_per_node
 
@@ -387,9 +387,7 @@ def main() -> int:
         for profile in args.profiles:
             durations, requests, clients, variants = plans[profile]
             for variant in variants:
-                outcomes.append(
-                    run_profile(profile, variant, store, durations, requests, clients, args.join_slack_items)
-                )
+                outcomes.append(run_profile(profile, variant, store, durations, requests, clients, args.work_weight))
         print(table(outcomes))
         print("plots:", *plot(outcomes, args.out))
         (args.out / "bench_cluster.json").write_text(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from serve_app.scheduling.backlog_policy import BacklogPolicy
-from serve_app.scheduling.key_routing import KeyRanking, ReplicaView, rendezvous_score
+from serve_app.scheduling.key_routing import KeyRanking, ReplicaView, place, rendezvous_score
 
 # ------------------------------------------------------------------ backlog policy
 
@@ -110,59 +110,82 @@ def flat(ranks: list[list[str]]) -> list[str]:
     return [replica for rank in ranks for replica in rank]
 
 
-def test_a_replica_forming_a_batch_of_the_key_with_room_comes_first_fullest_first():
-    views = replicas(0.0, 5.0, 3.0, forming={1: {"A": 2}, 2: {"A": 5, "B": 1}})
-    ranks = KeyRanking().rank("A", views, join_slack_s=10, home_slack_s=1)
-    assert ranks[:2] == [["r1"], ["r2"]]
-    assert sorted(flat(ranks)) == ["r0", "r1", "r2"]  # every replica stays reachable: a full one spills over
+def batch_cost(items: int) -> float:
+    """One second for a batch of one; each further item 0.6 s (the cost model's shape)."""
+    return 1.0 + 0.6 * (items - 1) if items else 0.0
 
 
-def test_a_forming_batch_too_far_above_the_least_loaded_is_not_joined():
-    views = replicas(0.0, 12.0, 3.0, forming={1: {"A": 2}})
-    assert KeyRanking().rank("A", views, join_slack_s=10, home_slack_s=1)[0] == ["r0"]
+CAP = 4
 
 
-def test_a_forming_batch_that_starts_soon_is_joined_even_on_a_busier_replica():
-    starts_soon = ReplicaView("r1", backlog_s=30.0, forming={"A": 3}, forming_starts_in_s={"A": 2.0})
-    starts_late = ReplicaView("r2", backlog_s=30.0, forming={"A": 3}, forming_starts_in_s={"A": 25.0})
-    ranks = KeyRanking().rank("A", [ReplicaView("r0"), starts_soon, starts_late], join_slack_s=4, home_slack_s=1)
-    assert ranks[0] == ["r1"] and ["r2"] not in ranks[:2]
+def rank(ranking: KeyRanking, key: str, views: list[ReplicaView], items: int = 1) -> list[list[str]]:
+    return ranking.rank(key, views, items, CAP, batch_cost)
 
 
-def test_without_a_forming_batch_every_caller_picks_the_same_home_among_the_least_loaded():
+def test_a_plan_joins_a_forming_batch_of_its_key_when_that_is_cheaper_than_a_batch_of_its_own():
+    # r1's batch of A (2 items, room 2) starts in 1 s: joining adds 0.6 s of GPU work, opening on idle r0 adds 1 s.
+    views = [ReplicaView("r0"), ReplicaView("r1", 3.2, {"A": 2}, {"A": 1.0})]
+    assert rank(KeyRanking(work_weight=6), "A", views)[0] == ["r1"]
+    # At weight 0 only the plan's own finish counts: 1 s on r0 beats 3.2 s on r1.
+    assert rank(KeyRanking(work_weight=0), "A", views)[0] == ["r0"]
+
+
+def test_a_forming_batch_far_behind_other_work_is_not_joined():
+    views = [ReplicaView("r0"), ReplicaView("r1", 22.2, {"A": 2}, {"A": 20.0})]
+    assert rank(KeyRanking(), "A", views)[0] == ["r0"]
+
+
+def test_a_busy_key_spills_over_to_idle_replicas_and_another_key_still_starts_at_once():
+    hot = ReplicaView("r0", backlog_s=60.0, forming={"hot": 1}, forming_starts_in_s={"hot": 57.0})
+    views = [hot, ReplicaView("r1"), ReplicaView("r2", backlog_s=5.0)]
+    assert rank(KeyRanking(), "hot", views)[0] != ["r0"]
+    assert rank(KeyRanking(), "cold", views) == [["r1"], ["r2"], ["r0"]]
+
+
+def test_a_new_batch_goes_where_it_starts_soonest_and_every_replica_is_ranked_once():
+    views = replicas(100.0, 4.0, 0.5, 50.0, forming={0: {"A": 3}})
+    assert rank(KeyRanking(), "A", views) == [["r2"], ["r1"], ["r3"], ["r0"]]
+    for key in ("A", "B"):
+        assert sorted(flat(rank(KeyRanking(), key, views, items=9))) == ["r0", "r1", "r2", "r3"]
+
+
+def test_equal_prices_are_broken_alike_by_every_caller_and_keys_spread():
     views = replicas(0.0, 0.0, 0.0, 0.0)
     expected = max(views, key=lambda view: rendezvous_score("A", view.replica_id)).replica_id
-    assert KeyRanking().rank("A", views, 10, 1)[0] == [expected]
-    assert KeyRanking().rank("A", list(reversed(views)), 10, 1)[0] == [expected]  # candidate order is irrelevant
-    spread = {KeyRanking().rank(f"key{n}", views, 10, 1)[0][0] for n in range(40)}
-    assert len(spread) == 4  # different keys get different homes
+    assert rank(KeyRanking(), "A", views)[0] == [expected]
+    assert rank(KeyRanking(), "A", list(reversed(views)))[0] == [expected]  # candidate order is irrelevant
+    assert len({rank(KeyRanking(), f"key{n}", views)[0][0] for n in range(40)}) == 4
 
 
-def test_a_new_batch_goes_where_it_starts_soonest_and_the_rest_least_loaded_first():
-    views = replicas(100.0, 4.0, 0.5, 50.0, forming={0: {"A": 7}})
-    ranks = KeyRanking().rank("A", views, join_slack_s=10, home_slack_s=1)
-    assert ranks == [["r2"], ["r1"], ["r3"], ["r0"]]
+def test_a_plan_of_several_items_fills_the_forming_batch_and_opens_the_next():
+    view = ReplicaView("r0", backlog_s=10.0, forming={"A": 1}, forming_starts_in_s={"A": 2.0})
+    placement = place(view, "A", items=3, cap=CAP, batch_cost=batch_cost)
+    # 3 forming + 3 new = a full batch (2.8 s) then a batch of 2 (1.6 s), after 2 s of other work.
+    assert placement.finish_s == pytest.approx(2.0 + 2.8 + 1.6)
+    assert placement.added_s == pytest.approx(2.8 + 1.6 - 2.2)
+    assert placement.after.backlog_s == pytest.approx(12.2)
+    assert placement.after.forming == {"A": 2}
+    assert placement.after.forming_starts_in_s["A"] == pytest.approx(12.2 - 1.6)
 
 
-def test_a_caller_remembers_where_it_opened_a_batch_until_the_stats_catch_up():
+def test_a_caller_counts_what_it_placed_until_newer_stats_or_its_memory_run_out():
     clock = Clock()
-    ranking = KeyRanking(memory_s=0.5, clock=clock)
+    ranking = KeyRanking(memory_s=2.0, clock=clock)
     views = replicas(0.0, 0.0, 0.0)
-    home = ranking.rank("A", views, 10, 1)[0][0]
-    other = next(view.replica_id for view in views if view.replica_id != home)
-    ranking.routed("A", other, items=1, cap=3)  # e.g. the home was full, it spilled over
-    assert ranking.rank("A", views, 10, 1)[0] == [other]
-    ranking.routed("A", other, items=1, cap=3)
-    assert ranking.rank("A", views, 10, 1)[0] == [other]
-    ranking.routed("A", other, items=1, cap=3)  # that batch is full now
-    assert ranking.rank("A", views, 10, 1)[0] == [home]
-    ranking.routed("A", other, items=1, cap=3)
-    clock.now = 0.6  # forgotten: only the stats speak
-    assert ranking.rank("A", views, 10, 1)[0] == [home]
+    home = rank(ranking, "A", views)[0][0]
+    stats = next(view for view in views if view.replica_id == home)
+    for _ in range(CAP - 1):  # the stats still show an idle replica, the caller knows a batch forms there
+        ranking.routed("A", stats, 1, CAP, batch_cost)
+        assert rank(ranking, "A", views)[0] == [home]
+    ranking.routed("A", stats, 1, CAP, batch_cost)  # that batch is full now: the next one goes elsewhere
+    assert rank(ranking, "A", views)[0] != [home]
+    newer = [ReplicaView(view.replica_id, 0.01) if view is stats else view for view in views]
+    assert rank(ranking, "A", newer)[0] == rank(KeyRanking(), "A", newer)[0]  # newer stats replace the picture
+    ranking.routed("A", stats, CAP, CAP, batch_cost)
+    clock.now = 2.5
+    assert rank(ranking, "A", views)[0] == [home]  # forgotten: only the stats speak
 
 
-def test_every_replica_is_always_ranked_for_every_key():
-    views = replicas(0.0, 30.0, 60.0, forming={1: {"hot": 1}, 2: {"hot": 1}})
-    for key in ("hot", "cold"):
-        assert sorted(flat(KeyRanking().rank(key, views, 0, 0))) == ["r0", "r1", "r2"]
-    assert KeyRanking().rank("cold", views, 0, 0)[0] == ["r0"]
+def test_bad_ranking_settings_are_refused():
+    with pytest.raises(ValueError):
+        KeyRanking(work_weight=-1)

@@ -30,7 +30,7 @@ from ..schemas import GenerationPlan
 from ..sources import MAX_SOURCE_BYTES, SourceError, SourceLibrary
 from ..storage import ObjectStore, StorageConfigError, StorageError
 from .batching import KeyedBatcher
-from .load import ReplicaLoad, batch_cap, key_id
+from .load import ReplicaLoad, batch_cap, replica_load
 from .outputs import OutputWriter, RequestUpload, WrittenOutput, resolved_params
 
 logger = logging.getLogger(__name__)
@@ -132,24 +132,9 @@ class GenerationEngine:
 
     def load(self) -> ReplicaLoad:
         """Queued and running work in estimated GPU seconds, and the room in each forming batch."""
-        backlog = 0.0
-        if self._running_ends_at is not None:
-            backlog += max(0.0, self._running_ends_at - time.monotonic())
-        forming: dict[str, tuple[int, float]] = {}
-        for settings, queued in self._batcher.queued_by_key().items():
-            cap = self.batch_cap(settings)
-            full, rest = divmod(queued, cap)
-            backlog += full * self.estimate_s(settings, cap)
-            if rest:
-                partial = self.estimate_s(settings, rest)
-                backlog += partial
-                forming[key_id(settings)] = (cap - rest, partial)
-        return ReplicaLoad(
-            backlog_s=backlog,
-            requests=self._requests,
-            forming={key: room for key, (room, _) in forming.items()},
-            # Queues run oldest head first, so a forming batch may have everything else ahead of it.
-            forming_starts_in_s={key: backlog - own for key, (_, own) in forming.items()},
+        running_left = 0.0 if self._running_ends_at is None else max(0.0, self._running_ends_at - time.monotonic())
+        return replica_load(
+            running_left, self._batcher.queued_by_key(), self._requests, self.batch_cap, self.estimate_s
         )
 
     async def generate(self, plan: GenerationPlan, progress: ProgressSink | None = None) -> GenerateResponse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..pipeline.settings import BatchSettings
@@ -48,3 +49,29 @@ class ReplicaLoad:
             "max_batch_size": max_batch_size,
             "max_batch_audio_s": max_batch_audio_s,
         }
+
+
+def replica_load(
+    running_left_s: float,
+    queued_by_key: Mapping[BatchSettings, int],
+    requests: int,
+    cap: Callable[[BatchSettings], int],
+    estimate_s: Callable[[BatchSettings, int], float],
+) -> ReplicaLoad:
+    """A replica's load from what is left of its running batch and what waits in each queue."""
+    backlog = running_left_s
+    forming: dict[str, tuple[int, float]] = {}
+    for settings, queued in queued_by_key.items():
+        full, rest = divmod(queued, cap(settings))
+        backlog += full * estimate_s(settings, cap(settings))
+        if rest:
+            partial = estimate_s(settings, rest)
+            backlog += partial
+            forming[key_id(settings)] = (cap(settings) - rest, partial)
+    return ReplicaLoad(
+        backlog_s=backlog,
+        requests=requests,
+        forming={key: room for key, (room, _) in forming.items()},
+        # Queues run oldest head first, so a forming batch may have everything else ahead of it.
+        forming_starts_in_s={key: backlog - own for key, (_, own) in forming.items()},
+    )

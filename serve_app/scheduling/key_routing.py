@@ -1,27 +1,35 @@
-"""Which generator replica should take a plan: the one forming a batch of its key, else the least loaded.
+"""Which generator replica should take a plan: where it costs least, batching counted.
 
-Ranks, best first (Serve's router takes the first rank with a replica below
-``max_ongoing_requests``, so a full replica spills over to the next rank and
-no replica is ever sent more than it accepts):
+For each replica the ranking prices placing the plan's items there:
 
-1. Replicas forming a batch of the plan's key with room left, fullest first,
-   if that batch starts within ``join_slack_s`` of when a new batch would on
-   the least loaded replica (work ahead of it vs. that replica's backlog): as their routing stats say
-   (``forming``, 0.2-0.4 s old) or as this caller remembers routing there
-   within ``memory_s`` (fresher, but per caller). The slack is what joining a
-   batch is worth waiting for (the router uses one item's estimated GPU
-   seconds: a longer wait costs the caller more than batching saves).
-2. The key's *home* for a new batch: among replicas within ``home_slack_s``
-   of the least loaded (about one item: a new batch goes where it starts
-   soonest), the one with the highest rendezvous hash of (key, replica).
-   Every caller (each proxy and ingress replica runs its own router) computes
-   the same home without talking, so concurrent first items of a key meet on
-   one replica instead of opening a half-full batch on each.
-3. Every other replica, least backlog first.
+    finish + work_weight * added
 
-So a busy key cannot pile onto one replica while others idle, and no key
-waits for another: fairness between keys inside a replica is the batcher's
-(the longest-waiting ready queue runs first).
+``finish`` is when the plan's last item would be done: its batch joins the
+batch of its key still forming there (if it has room) and starts when the work
+ahead of that batch is done, else it opens a new batch behind the replica's
+whole backlog. ``added`` is the GPU time the placement adds to that replica: a
+row in a forming batch costs a fraction of a batch of its own
+(``pipeline.cost``), so joining adds less than opening. ``work_weight`` counts
+each added GPU second as many times as it delays other requests: the items of
+the batch it joins and those queued behind it, and every request that comes
+after. With it at 0 the ranking is earliest-finish-first (spreads keys, small
+batches); the higher it is, the longer a plan accepts to wait for a batch of
+its key. 6 (about a replica's worth of requests under load) raised the mean
+batch most without costing throughput or p99 in ``benchmarks/bench_cluster.py``'s
+profiles (simulated side by side in ``benchmarks/simulate_routing.py``).
+
+Replicas come back in ascending price, one per rank (Serve takes the first rank
+with a replica below ``max_ongoing_requests``, so a full replica spills over
+to the next and none is ever sent more than it accepts). Equal prices (idle
+replicas) are broken by a rendezvous hash of (key, replica), so every caller
+(each ingress replica and the job coordinator run their own router) opens the
+first batch of a key on the same replica without talking.
+
+Routing stats are 0.2-0.4 s old, so the ranking adds what this caller placed
+since the replica's last stats (``routed``) until newer stats arrive
+(``observe``) or ``memory_s`` passes. No key waits for another here: a plan
+joins a batch only while that is cheaper than starting elsewhere, and inside a
+replica the batcher runs the longest-waiting ready queue first.
 """
 
 from __future__ import annotations
@@ -29,7 +37,10 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+BatchCost = Callable[[int], float]
+"""Estimated GPU seconds of one batch of ``n`` items of the plan's key."""
 
 
 @dataclass(frozen=True)
@@ -62,64 +73,78 @@ def rendezvous_score(key: str, replica_id: str) -> int:
     return int.from_bytes(digest, "big")
 
 
+@dataclass(frozen=True)
+class Placement:
+    """``items`` items of ``key`` on one replica: what they cost and how the replica looks after."""
+
+    finish_s: float
+    added_s: float
+    after: ReplicaView
+
+
+def place(view: ReplicaView, key: str, items: int, cap: int, batch_cost: BatchCost) -> Placement:
+    def queue_cost(queued: int) -> float:
+        full, rest = divmod(queued, cap)
+        return full * batch_cost(cap) + (batch_cost(rest) if rest else 0.0)
+
+    room = view.forming.get(key, 0)
+    forming = cap - room if 0 < room < cap else 0
+    start = view.forming_starts_in(key) if forming else view.backlog_s
+    added = queue_cost(forming + items) - queue_cost(forming)
+    backlog = view.backlog_s + added
+    rest = (forming + items) % cap
+    rooms, starts = dict(view.forming), dict(view.forming_starts_in_s)
+    if rest:
+        rooms[key], starts[key] = cap - rest, backlog - batch_cost(rest)
+    else:
+        rooms.pop(key, None)
+        starts.pop(key, None)
+    after = replace(view, backlog_s=backlog, forming=rooms, forming_starts_in_s=starts)
+    return Placement(start + queue_cost(forming + items), added, after)
+
+
 @dataclass
-class _Routed:
-    replica_id: str
-    room: int
+class _Placed:
+    stats: ReplicaView
+    """The stats the placements were added to."""
+    view: ReplicaView
     until: float
 
 
 class KeyRanking:
-    def __init__(self, memory_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, work_weight: float = 6.0, memory_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if work_weight < 0 or memory_s < 0:
+            raise ValueError("need work_weight >= 0 and memory_s >= 0")
+        self.work_weight = work_weight
         self.memory_s = memory_s
         self._clock = clock
-        self._routed: dict[str, _Routed] = {}
-        self._room_seen: dict[str, dict[str, int]] = {}
+        self._placed: dict[str, _Placed] = {}
+
+    def observe(self, stats: ReplicaView) -> ReplicaView:
+        """The replica as this caller sees it: its stats plus what it placed there since they were taken."""
+        placed = self._placed.get(stats.replica_id)
+        if placed is None:
+            return stats
+        if placed.stats != stats or placed.until < self._clock():
+            del self._placed[stats.replica_id]
+            return stats
+        return placed.view
 
     def rank(
-        self, key: str, replicas: Sequence[ReplicaView], join_slack_s: float, home_slack_s: float
+        self, key: str, replicas: Sequence[ReplicaView], items: int, cap: int, batch_cost: BatchCost
     ) -> list[list[str]]:
-        """Replica ids in ranks, best first; every replica appears exactly once.
+        """Replica ids in ranks of one, cheapest first; every replica appears exactly once."""
 
-        The slacks are GPU seconds above the least loaded replica (see the module doc).
-        """
-        if not replicas:
-            return []
-        least = min(replica.backlog_s for replica in replicas)
-        room = {replica.replica_id: replica.forming.get(key, 0) for replica in replicas}
-        remembered = self._remembered(key)
-        if remembered is not None and remembered.replica_id in room:
-            room[remembered.replica_id] = remembered.room
-        self._room_seen[key] = room
-        joinable = sorted(
-            (room[replica.replica_id], replica.replica_id)
-            for replica in replicas
-            if room[replica.replica_id] > 0 and replica.forming_starts_in(key) <= least + join_slack_s
-        )
-        ranks = [[replica_id] for _, replica_id in joinable]
-        placed = {replica_id for _, replica_id in joinable}
-        homes = [r for r in replicas if r.replica_id not in placed and r.backlog_s <= least + home_slack_s]
-        if homes:
-            home = max(homes, key=lambda replica: rendezvous_score(key, replica.replica_id))
-            ranks.append([home.replica_id])
-            placed.add(home.replica_id)
-        rest = sorted((replica for replica in replicas if replica.replica_id not in placed), key=lambda r: r.backlog_s)
-        ranks.extend([replica.replica_id] for replica in rest)
-        return ranks
+        def price(view: ReplicaView) -> tuple[float, int]:
+            placement = place(self.observe(view), key, items, cap, batch_cost)
+            return placement.finish_s + self.work_weight * placement.added_s, -rendezvous_score(key, view.replica_id)
 
-    def routed(self, key: str, replica_id: str, items: int, cap: int) -> None:
-        """Remember that ``items`` items of ``key`` went to ``replica_id`` (batches hold ``cap``)."""
-        now = self._clock()
-        for stale in [k for k, routed in self._routed.items() if routed.until < now]:
-            del self._routed[stale]
-        before = self._room_seen.pop(key, {}).get(replica_id, 0)
-        # Items beyond the room seen open a new batch there, which then forms.
-        room = before - items if items <= before else (cap - (items - before) % cap) % cap
-        self._routed[key] = _Routed(replica_id, room, now + self.memory_s)
+        return [[view.replica_id] for view in sorted(replicas, key=price)]
 
-    def _remembered(self, key: str) -> _Routed | None:
-        remembered = self._routed.get(key)
-        if remembered is not None and remembered.until < self._clock():
-            del self._routed[key]
-            return None
-        return remembered
+    def routed(self, key: str, stats: ReplicaView, items: int, cap: int, batch_cost: BatchCost) -> None:
+        """Add ``items`` items of ``key`` to this caller's picture of the replica ``stats`` describes."""
+        view = self.observe(stats)
+        after = place(view, key, items, cap, batch_cost).after
+        self._placed[stats.replica_id] = _Placed(stats, after, self._clock() + self.memory_s)
