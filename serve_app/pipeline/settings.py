@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .invalid_field import InvalidField
 from .registry import get_spec
 from .tasks import (
+    SOURCE_SAMPLE_RATE,
     SOURCE_TASKS,
     Task,
     TaskSettings,
@@ -66,8 +67,6 @@ Seed = Annotated[
 OssStep = Annotated[int, Field(strict=True, ge=1, le=MAX_INFER_STEP)]
 
 MAX_SEEDS_PER_REQUEST = 8
-SOURCE_SAMPLE_RATE = 48000
-"""Rate at which a source's length is counted (``source_samples``): the v1 codec's input rate."""
 TimeInSeconds = Annotated[float, Field(ge=-600.0, le=1200.0)]
 EditAverages = Annotated[int, Field(strict=True, ge=1, le=10)]
 

@@ -39,8 +39,9 @@ SOURCE_TASKS = frozenset({"repaint", "extend", "edit", "audio2audio", "cover"})
 
 LATENT_FRAMES_PER_SECOND = 44100 / 512 / 8
 """ACE-Step v1's latent frame rate (one frame is 4096 samples at 44.1 kHz)."""
-CONTEXT_SAMPLE_RATE = 48000
-"""ACE-Step 1.5's audio rate, at which its VAE encodes a source."""
+SOURCE_SAMPLE_RATE = 48000
+"""Rate at which a source is counted (``source_samples``) and decoded: the v1 codec's input
+rate and ACE-Step 1.5's VAE rate."""
 
 
 def frames_at(seconds: float) -> int:
@@ -114,7 +115,7 @@ class TaskSettings:
         1.5 (as diffusers): ``repaint_end`` 0 or below means the source's end."""
         if not self.source_as_context:
             return frames_at(self.repaint_start), frames_at(self.repaint_end)
-        per_second = CONTEXT_SAMPLE_RATE / self.context_hop
+        per_second = SOURCE_SAMPLE_RATE / self.context_hop
         end = int(self.repaint_end * per_second) if self.repaint_end > 0 else self.source_frames
         return int(self.repaint_start * per_second), end
 
@@ -166,7 +167,7 @@ def _context_task_problems(task: TaskSettings) -> list[tuple[str, str]]:
     if task.task != "repaint":
         return []
     start, end = task.repaint_window()
-    source_s = task.source_frames * task.context_hop / CONTEXT_SAMPLE_RATE
+    source_s = task.source_frames * task.context_hop / SOURCE_SAMPLE_RATE
     if task.repaint_start < 0:
         return [("repaint_start", "repaint starts at 0 s or later (this model has no extend)")]
     if start >= task.source_frames:
@@ -174,7 +175,7 @@ def _context_task_problems(task: TaskSettings) -> list[tuple[str, str]]:
     if end > task.source_frames:
         return [("repaint_end", f"ends past the source's end ({source_s:g} s); 0 or below means the end")]
     if end - start < 1:
-        frame_ms = 1000 * task.context_hop / CONTEXT_SAMPLE_RATE
+        frame_ms = 1000 * task.context_hop / SOURCE_SAMPLE_RATE
         return [("repaint_end", f"the window must span at least one latent frame ({frame_ms:g} ms)")]
     return []
 
@@ -184,6 +185,6 @@ def output_duration(task: TaskSettings, source_duration_s: float) -> float:
     ``extend`` the added spans (whole latent frames, as the latents are padded).
     A 1.5 task returns the whole latent frames its VAE made of the source."""
     if task.source_as_context:
-        return task.source_frames * task.context_hop / CONTEXT_SAMPLE_RATE
+        return task.source_frames * task.context_hop / SOURCE_SAMPLE_RATE
     before, after = task.extend_spans() if task.task == "extend" else (0, 0)
     return source_duration_s + (before + after) / LATENT_FRAMES_PER_SECOND

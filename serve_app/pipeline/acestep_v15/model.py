@@ -332,8 +332,8 @@ class AceStepV15Model:
 
         cache: dict[tuple[str, str, float, str], torch.Tensor] = {}
 
-        def row_states(prompt: str, lyric: str, duration: float, instruction: str = task.task) -> torch.Tensor:
-            key = (prompt, lyric, duration, instruction)
+        def row_states(prompt: str, lyric: str, duration: float, task_name: str = task.task) -> torch.Tensor:
+            key = (prompt, lyric, duration, task_name)
             if key not in cache:
                 cache[key] = self._encode_row(*key)
             return cache[key]
