@@ -213,6 +213,7 @@ class ModelInfo(BaseModel):
                     "supported_erg": ["diffusion", "lyric", "tag"],
                     "max_lyric_tokens": 4096,
                     "guidance_distilled": False,
+                    "tasks": ["text2music", "retake", "repaint", "extend", "edit", "audio2audio"],
                     "defaults": {"infer_step": 60, "guidance_scale": 15.0, "omega_scale": 10.0},
                     "served": True,
                 }
@@ -238,6 +239,8 @@ class ModelInfo(BaseModel):
     """Lyric tokens it reads; longer lyrics are refused with a 422 naming lyrics."""
     guidance_distilled: bool
     """Samples without guidance: ``guidance_scale`` must be 0 or 1."""
+    tasks: list[str]
+    """The values of a request's ``task`` it runs."""
     defaults: dict[str, Any]
     """Its defaults, applied before the preset and the request."""
     served: bool

@@ -206,6 +206,12 @@ def test_models_show_their_lyric_limit(tmp_path):
     }
 
 
+def test_models_list_their_tasks(tmp_path):
+    models = {model["name"]: model for model in client_for(RuntimeError("unused"), tmp_path).get("/models").json()}
+    assert models["acestep-v15-xl-base"]["tasks"] == ["text2music", "repaint", "cover"]
+    assert "cover" not in models["ace-step-v1-3.5b"]["tasks"] and "extend" in models["ace-step-v1-3.5b"]["tasks"]
+
+
 # ------------------------------------------------------------------ /outputs
 
 

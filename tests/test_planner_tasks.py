@@ -33,8 +33,10 @@ def refused(planner: Planner, probed: SourceInfo | None = SOURCE, **fields) -> I
 
 
 def test_a_task_the_model_lacks_lists_the_ones_it_has(planner):
-    error = refused(planner, model=V15, task="repaint", source={"key": SOURCE.key})
-    assert error.field == "task" and "text2music" in error.reason
+    error = refused(planner, model=V15, task="extend", source={"key": SOURCE.key})
+    assert error.field == "task" and "text2music, repaint, cover" in error.reason
+    error = refused(planner, model=V1, task="cover", source={"key": SOURCE.key})
+    assert error.field == "task" and error.reason.endswith("edit, audio2audio, not cover")
 
 
 def test_a_source_task_takes_its_length_from_the_source(planner):
@@ -86,3 +88,42 @@ def test_a_guided_v15_model_refuses_a_scale_between_0_and_1(planner):
     assert error.field == "guidance_scale" and "above 1" in error.reason
     assert plan(planner, None, model=V15, guidance_scale=1.0).params.batch_settings().guided is False
     assert plan(planner, None, guidance_scale=0.5).params.batch_settings().guided  # v1 guides at 0.5, as upstream
+
+
+def test_a_v15_task_returns_the_whole_frames_its_vae_makes_of_the_source(planner):
+    # 3 s at 48 kHz after resampling; the tiny VAE makes one frame of 9600 samples (0.2 s).
+    odd = SourceInfo(key=SOURCE.key, sample_rate=48000, frames=3 * 48000 + 5000, channels=2)
+    params = plan(planner, odd, model=V15, task="cover", source={"key": SOURCE.key}).params
+    assert params.audio_duration == 3.0 and params.batch_settings().task.source_frames == 15
+    assert params.retake_seeds == ()  # 1.5 samples from each item's own noise
+
+
+def test_v15_repaint_windows_are_checked_where_upstream_would_clamp_them(planner):
+    def window(**fields):
+        return plan(planner, model=V15, task="repaint", source={"key": SOURCE.key}, **fields).params
+
+    assert window(repaint_start=1.0).batch_settings().task.repaint_window() == (5, 15)  # end 0: the source's end
+    assert window(repaint_start=1.0, repaint_end=2.0).batch_settings().task.repaint_window() == (5, 10)
+    for fields, field in (
+        ({"repaint_start": -0.5}, "repaint_start"),
+        ({"repaint_start": 3.0}, "repaint_start"),
+        ({"repaint_start": 1.0, "repaint_end": 3.5}, "repaint_end"),
+        ({"repaint_start": 1.0, "repaint_end": 1.1}, "repaint_end"),
+        ({"repaint_start": 2.0, "repaint_end": 1.0}, "repaint_end"),
+    ):
+        assert refused(planner, model=V15, task="repaint", source={"key": SOURCE.key}, **fields).field == field
+
+
+def test_v15_task_parameters_outside_the_task_are_reported_inert(planner):
+    repaint = plan(planner, model=V15, task="repaint", source={"key": SOURCE.key}, retake_variance=0.2)
+    assert [warning.field for warning in repaint.warnings] == ["retake_variance"]
+    text2music = plan(planner, None, model=V15, audio_cover_strength=0.5)
+    assert [warning.field for warning in text2music.warnings] == ["audio_cover_strength"]
+
+
+def test_the_v15_batch_key_holds_the_cover_strength(planner):
+    def key(strength):
+        return plan(planner, model=V15, task="cover", source={"key": SOURCE.key}, audio_cover_strength=strength)
+
+    assert key(0.5).params.batch_settings() != key(1.0).params.batch_settings()
+    assert key(0.5).params.batch_settings() == key(0.5).params.batch_settings()

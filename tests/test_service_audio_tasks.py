@@ -4,7 +4,8 @@ Every task starts from a text2music output of the service (its key) or from an
 upload. The tiny model's codec has random weights, so encoding and decoding a
 recording does not give it back: "the source" in the repaint check is the
 source's own latents decoded, which a repaint with ``retake_variance`` 0
-returns (it regenerates nothing).
+returns (it regenerates nothing). The tiny ACE-Step 1.5 turbo model runs its own
+tasks (repaint, cover) from its own text2music output.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .conftest import TEST_MODEL, run_app
 from .test_service import fetch_audio, field_of
 
 APP = "acestep-audio-tasks"
+V15 = "acestep-v15-turbo-tiny"
+V15_SECONDS = 2.0  # whole frames of the tiny 1.5 VAE (0.2 s), so its tasks return the same length
 SOURCE_S = 1.5
 FRAME_S = 1 / LATENT_FRAMES_PER_SECOND
 MAX_SOURCE_BYTES = 600_000
@@ -41,7 +44,7 @@ def client(serve_instance, outputs_dir):
 
     app = build_app(
         {
-            "models": [TEST_MODEL],
+            "models": [TEST_MODEL, V15],
             "num_gpus": 0,
             "storage": {"kind": "local", "local_root": str(outputs_dir)},
             "batch_wait_s": 0.1,
@@ -195,3 +198,41 @@ def test_uploads_past_the_limit_are_refused_without_being_stored(client, outputs
         sorted(path.name for path in (outputs_dir / "uploads").glob("*")) if (outputs_dir / "uploads").exists() else []
     )
     assert after == before
+
+
+@pytest.fixture(scope="module")
+def v15_source(client) -> dict:
+    """A text2music output of the 1.5 model: the source of its tasks."""
+    return post_v15(client, audio_duration=V15_SECONDS, actual_seeds=[5])
+
+
+def post_v15(client, **fields) -> dict:
+    response = client.post("/generate", json={"model": V15, "prompt": "lofi piano", "infer_step": 3, **fields})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"task": "repaint", "repaint_start": 0.6, "repaint_end": 1.4},
+        {"task": "cover", "audio_cover_strength": 0.5},
+    ],
+)
+def test_each_v15_task_returns_the_source_length_and_repeats_from_its_params(client, v15_source, fields):
+    first = post_v15(client, source=source_of(v15_source), actual_seeds=[7], **fields)
+    audio, rate = fetch_audio(client, first["outputs"][0])
+    assert rate == 48000 and audio.shape[0] == V15_SECONDS * 48000 and np.isfinite(audio).all()
+    assert first["params"]["source"] == source_of(v15_source) and first["params"]["task"] == fields["task"]
+    assert first["params"]["retake_seeds"] == [] and "audio_duration" not in first["params"]
+    again = post_v15(client, **first["params"])
+    assert again["params"] == first["params"]
+    np.testing.assert_array_equal(audio, fetch_audio(client, again["outputs"][0])[0])
+
+
+def test_a_task_the_family_lacks_is_a_422_naming_task(client, v15_source, source):
+    extend = {"model": V15, "prompt": "x", "task": "extend", "source": source_of(v15_source), "repaint_end": 3.0}
+    response = client.post("/generate", json=extend)
+    assert field_of(response) == ["task"] and "text2music, repaint, cover" in response.text
+    cover_on_v1 = {**SAMPLING, "task": "cover", "source": source_of(source)}
+    assert field_of(client.post("/generate", json=cover_on_v1)) == ["task"]

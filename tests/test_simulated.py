@@ -59,6 +59,32 @@ def test_guided_steps_cost_their_extra_passes():
     assert cost.batch_s(4, frames, 10, 5, 2) - half == pytest.approx(cost.decode_items_s(4, frames))
 
 
+def test_cover_below_full_strength_costs_its_text2music_pass():
+    from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
+
+    def settings(strength):
+        params = GenerationParams(
+            **{
+                **ACESTEP_DEFAULTS,
+                "model": "acestep-v15-turbo-tiny",
+                "prompt": "x",
+                "guidance_scale": 1.0,
+                "actual_seeds": (1,),
+                "task": "cover",
+                "source": {"key": "k"},
+                "source_samples": 30 * 48000,
+                "audio_duration": 30.0,
+                "audio_cover_strength": strength,
+            }
+        )
+        return params.batch_settings()
+
+    cost, items = CostModel(), 2
+    full, blended = cost.estimate(settings(1.0), items), cost.estimate(settings(0.5), items)
+    steps = settings(1.0).total_steps
+    assert blended - full == pytest.approx(steps * cost.forward_s(items, latent_frames(30)))
+
+
 # ------------------------------------------------------------------ simulated model
 
 

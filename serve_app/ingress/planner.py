@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from ..audio import file_extension, resolve_mp3_bitrate
 from ..pipeline.invalid_field import InvalidField
-from ..pipeline.registry import CATALOG, ModelSpec
+from ..pipeline.registry import CATALOG, ModelSpec, get_spec
 from ..pipeline.settings import (
     SOURCE_SAMPLE_RATE,
     GenerationParams,
@@ -28,7 +28,7 @@ from ..pipeline.settings import (
     model_defaults,
     uses_double_guidance,
 )
-from ..pipeline.tasks import RETAKE_SEED_TASKS, SOURCE_TASKS, output_duration
+from ..pipeline.tasks import SOURCE_TASKS, output_duration
 from ..schemas import GenerateRequest, GenerationPlan, Output, ParamWarning
 from ..sources import SourceInfo
 from .lyric_limits import LyricLimits
@@ -55,7 +55,21 @@ TASK_FIELDS = {
         "edit_n_avg",
     ),
 }
-ALL_TASK_FIELDS = frozenset(field for fields in TASK_FIELDS.values() for field in fields)
+# ACE-Step 1.5 (the source as context) samples from each item's own noise: no retake noise.
+CONTEXT_TASK_FIELDS = {
+    "text2music": (),
+    "repaint": ("source", "repaint_start", "repaint_end"),
+    "cover": ("source", "audio_cover_strength"),
+}
+ALL_TASK_FIELDS = frozenset(
+    field for table in (TASK_FIELDS, CONTEXT_TASK_FIELDS) for fields in table.values() for field in fields
+)
+
+
+def task_fields(spec: ModelSpec, task: str) -> tuple[str, ...]:
+    """The parameters ``task`` reads on ``spec``'s family."""
+    return (CONTEXT_TASK_FIELDS if spec.context_hop else TASK_FIELDS)[task]
+
 
 # Everything that only matters when classifier-free guidance runs.
 GUIDANCE_FIELDS = (
@@ -108,7 +122,7 @@ class Planner:
         task = values.get("task", "text2music")
         if task not in spec.tasks:
             raise InvalidField("task", f"{spec.name} offers the tasks {', '.join(spec.tasks)}, not {task}")
-        values["retake_seeds"] = self._retake_seeds(request, task, len(values["actual_seeds"]))
+        values["retake_seeds"] = self._retake_seeds(request, task_fields(spec, task), len(values["actual_seeds"]))
         if task in SOURCE_TASKS:
             self._resolve_source(values, task, request, source, spec)
             self.lyric_limits.check(spec, values.get("edit_target_lyrics") or "")
@@ -174,10 +188,10 @@ class Planner:
         return tuple(seeds)
 
     @staticmethod
-    def _retake_seeds(request: GenerateRequest, task: str, count: int) -> tuple[int, ...]:
+    def _retake_seeds(request: GenerateRequest, fields: tuple[str, ...], count: int) -> tuple[int, ...]:
         """One retake seed per output: drawn when absent; a shorter list repeats its last seed, as upstream."""
         seeds = request.retake_seeds
-        if task not in RETAKE_SEED_TASKS:
+        if "retake_seeds" not in fields:
             return ()
         if not seeds:
             return tuple(secrets.randbelow(2**32) for _ in range(count))
@@ -274,7 +288,7 @@ def inert_parameter_warnings(params: GenerationParams, given: Mapping[str, Any])
         notes.setdefault("omega_scale", "has no effect: the pingpong scheduler does not use omega_scale")
     if params.oss_steps and given.get("infer_step", params.infer_step) != params.infer_step:
         notes.setdefault("infer_step", f"replaced by max(oss_steps) = {params.infer_step}")
-    for name in ALL_TASK_FIELDS - set(TASK_FIELDS[params.task]):
+    for name in ALL_TASK_FIELDS - set(task_fields(get_spec(params.model), params.task)):
         notes[name] = f"has no effect for task {params.task}"
     if params.task == "edit":
         for name in (*GUIDANCE_FIELDS, "omega_scale"):

@@ -70,4 +70,8 @@ class CostModel:
         if settings.guided:
             guided_steps = len(GuidanceWindow(settings.scheduled_steps, settings.guidance_interval))
             passes = 3 if settings.double_guidance else 2
-        return self.batch_s(items, latent_frames(settings.audio_duration), settings.total_steps, guided_steps, passes)
+        frames = latent_frames(settings.audio_duration)
+        total = self.batch_s(items, frames, settings.total_steps, guided_steps, passes)
+        if settings.task.blends_cover():  # 1.5's cover below full strength: one more pass a step
+            total += settings.total_steps * self.forward_s(items, frames)
+        return total

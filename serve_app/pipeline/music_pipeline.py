@@ -34,6 +34,15 @@ logger = logging.getLogger(__name__)
 
 ModelLoader = Callable[[str, torch.device, torch.dtype], MusicModel]
 
+SOURCE_SEED_MASK = 0x5EED_50CE
+
+
+def source_seed(seed: int) -> int:
+    """The seed of an item's draw from its source's posterior (ACE-Step 1.5's VAE): fixed by the
+    item's seed, so a request repeats exactly, yet not the stream of its initial noise."""
+    return seed ^ SOURCE_SEED_MASK
+
+
 NON_FINITE_MESSAGE = (
     "the sampler produced non-finite values for this item (numerical overflow); "
     "try bf16=false or a lower guidance_scale"
@@ -122,7 +131,9 @@ class MusicPipeline:
 
         with torch.inference_mode():
             started = time.perf_counter()
-            source = self._encode_sources(model, settings, sources) if settings.task.task in SOURCE_TASKS else None
+            source = (
+                self._encode_sources(model, settings, items, sources) if settings.task.task in SOURCE_TASKS else None
+            )
             timings["encode_s"] = time.perf_counter() - started
             started = time.perf_counter()
             sampled = Sampler(model, self.max_rows_per_forward)(settings, items, on_step, source)
@@ -155,19 +166,28 @@ class MusicPipeline:
         return BatchOutput(items=outputs, sample_rate=model.sample_rate, timings=timings)
 
     @staticmethod
-    def _encode_sources(model: MusicModel, settings: BatchSettings, sources: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Source latents, one row per item; a tensor shared by several items is encoded once."""
+    def _encode_sources(
+        model: MusicModel, settings: BatchSettings, items: Sequence[ItemSettings], sources: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """Source latents, one row per item. A tensor shared by several items is encoded once, unless
+        the encoder draws: then each item draws from its own seed (``source_seed``)."""
         if not hasattr(model, "encode_audio"):
             raise InvalidField("task", f"{model.family} cannot encode source audio")
-        encoded: dict[int, torch.Tensor] = {}
-        for waveform in sources:
-            if id(waveform) not in encoded:
-                encoded[id(waveform)] = model.encode_audio(waveform)
-        latents = torch.cat([encoded[id(waveform)] for waveform in sources])
-        if latents.shape[-1] != settings.task.source_frames:
+        encoded: dict[tuple[int, int | None], torch.Tensor] = {}
+        keys = []
+        for item, waveform in zip(items, sources):
+            seed = source_seed(item.seed) if model.source_encoding_draws else None
+            key = (id(waveform), seed)
+            if key not in encoded:
+                generator = None if seed is None else torch.Generator("cpu").manual_seed(seed)
+                encoded[key] = model.encode_audio(waveform, generator)
+            keys.append(key)
+        latents = torch.cat([encoded[key] for key in keys])
+        if latents.shape[model.frame_axis] != settings.task.source_frames:
             raise InvalidField(
                 "source",
-                f"the source encodes to {latents.shape[-1]} frames, the batch expects {settings.task.source_frames}",
+                f"the source encodes to {latents.shape[model.frame_axis]} frames, "
+                f"the batch expects {settings.task.source_frames}",
             )
         return latents
 

@@ -38,6 +38,9 @@ class Branch(enum.Enum):
     """Prompt without lyrics: the extra branch of double-condition guidance."""
     NULL = "null"
     """Zero prompt states and masked-out lyrics: flow-edit's unconditional branch."""
+    TEXT2MUSIC = "text2music"
+    """ACE-Step 1.5's cover below full strength: prompt and lyrics under text2music's
+    instruction, on cover's context; blended into the velocity by ``audio_cover_strength``."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,13 @@ class MusicModel(Protocol):
 
 
 class SourceEncoder(Protocol):
-    """A family that can start from recorded audio (the audio-in tasks)."""
+    """A family that can start from, or condition on, recorded audio (the audio-in tasks)."""
 
-    def encode_audio(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Latents ``(1, *latent_shape)`` of a float ``(channels, samples)`` waveform at ``sample_rate``."""
+    frame_axis: int
+    """The latents' frame axis (batch included)."""
+    source_encoding_draws: bool
+    """Whether encoding samples a posterior: then every item encodes its source with its own draw."""
+
+    def encode_audio(self, waveform: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents ``(1, *latent_shape)`` of a float ``(channels, samples)`` 48 kHz waveform;
+        ``generator`` feeds the posterior draw of a family whose encoding draws."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .tasks import TASKS
+from .tasks import V1_TASKS, V15_TASKS
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +41,11 @@ MIN_DURATION_S = 1.0
 # (diffusers' AceStepPipeline, max_lyric_length) and cuts the rest.
 V1_MAX_LYRIC_TOKENS = 4096
 V15_MAX_LYRIC_TOKENS = 2048
+
+# Total stride of the 1.5 VAE (acestep_v15/configs.py, checked against the loaded VAE):
+# 25 latent frames per second for the real models, 5 for the tiny ones.
+V15_HOP = 1920
+V15_TINY_HOP = 9600
 
 
 class ModelUnavailableError(RuntimeError):
@@ -66,6 +71,9 @@ class ModelSpec:
     """Guidance is trained into the weights: the model samples unguided only."""
     tasks: tuple[str, ...] = ("text2music",)
     """The tasks (``serve_app.pipeline.tasks``) this model runs."""
+    context_hop: int = 0
+    """ACE-Step 1.5: 48 kHz samples per latent frame of its VAE, whose audio-in tasks take
+    the source as the denoiser's context; 0 for a family that starts from the source (v1)."""
     tiny: bool = False
     relative_cost: float = 1.0
     """GPU time relative to ACE-Step v1 3.5B on an A100, the calibration of ``cost.CostModel``
@@ -96,7 +104,7 @@ _SERVED_CATALOG = MappingProxyType(
                 max_duration_s=240.0,
                 supported_erg=ALL_ERG,
                 max_lyric_tokens=V1_MAX_LYRIC_TOKENS,
-                tasks=TASKS,
+                tasks=V1_TASKS,
             ),
             ModelSpec(
                 name="acestep-v15-xl-turbo",
@@ -107,6 +115,8 @@ _SERVED_CATALOG = MappingProxyType(
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
                 max_lyric_tokens=V15_MAX_LYRIC_TOKENS,
+                tasks=V15_TASKS,
+                context_hop=V15_HOP,
                 defaults={**_V15_TURBO_DEFAULTS, **_NO_ERG},
                 guidance_distilled=True,
             ),
@@ -119,6 +129,8 @@ _SERVED_CATALOG = MappingProxyType(
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
                 max_lyric_tokens=V15_MAX_LYRIC_TOKENS,
+                tasks=V15_TASKS,
+                context_hop=V15_HOP,
                 defaults={**_V15_GUIDED_DEFAULTS, **_NO_ERG},
             ),
             ModelSpec(
@@ -130,7 +142,7 @@ _SERVED_CATALOG = MappingProxyType(
                 max_duration_s=240.0,
                 supported_erg=ALL_ERG,
                 max_lyric_tokens=V1_MAX_LYRIC_TOKENS,
-                tasks=TASKS,
+                tasks=V1_TASKS,
                 tiny=True,
             ),
             ModelSpec(
@@ -142,6 +154,8 @@ _SERVED_CATALOG = MappingProxyType(
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
                 max_lyric_tokens=V15_MAX_LYRIC_TOKENS,
+                tasks=V15_TASKS,
+                context_hop=V15_TINY_HOP,
                 defaults={**_V15_GUIDED_DEFAULTS, **_NO_ERG},
                 tiny=True,
             ),
@@ -154,6 +168,8 @@ _SERVED_CATALOG = MappingProxyType(
                 max_duration_s=600.0,
                 supported_erg=frozenset(),
                 max_lyric_tokens=V15_MAX_LYRIC_TOKENS,
+                tasks=V15_TASKS,
+                context_hop=V15_TINY_HOP,
                 defaults={**_V15_TURBO_DEFAULTS, **_NO_ERG},
                 guidance_distilled=True,
                 tiny=True,

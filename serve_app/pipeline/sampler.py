@@ -80,6 +80,8 @@ class Sampler:
         erg = ErgFlags(settings.use_erg_tag, settings.use_erg_lyric, settings.use_erg_diffusion)
         guided_branches = [Branch.COND, Branch.UNCOND] + ([Branch.TEXT_ONLY] if settings.double_guidance else [])
         branches = guided_branches if settings.guided else [Branch.COND]
+        if settings.task.blends_cover():
+            branches = [*branches, Branch.TEXT2MUSIC]
 
         generators = [torch.Generator("cpu").manual_seed(item.seed) for item in items]
         retake_generators = [torch.Generator("cpu").manual_seed(item.retake_seed) for item in items]
@@ -102,8 +104,15 @@ class Sampler:
             stepper = RepaintStepper(stepper.eval_sigmas, start.constraint.to(model.device))
         sigmas = stepper.eval_sigmas
 
+        # A family that takes the source as context conditions on it (ACE-Step 1.5).
+        context = {"task": settings.task, "source": source} if settings.task.source_as_context else {}
         conditioning = model.encode(
-            [i.prompt for i in items], [i.lyrics for i in items], branches, erg, duration_s=settings.audio_duration
+            [i.prompt for i in items],
+            [i.lyrics for i in items],
+            branches,
+            erg,
+            duration_s=settings.audio_duration,
+            **context,
         )
         batch = _Batch(items, start.latents.to(model.device), conditioning, generators)
         # ACE-Step sizes the window by the number of scheduled sigmas but indexes it by
@@ -119,6 +128,8 @@ class Sampler:
                 velocity = self._guided_velocity(batch, sigma, step, settings, guided_branches, window, apg, erg)
             else:
                 velocity = self._velocity(batch.latents, sigma, batch.conditioning[Branch.COND], None, settings)
+            if settings.task.blends_cover():
+                velocity = self._cover_blend(batch, sigma, velocity, settings)
             gain = omega_gain(batch.scalars("omega_scale"))
             batch.latents = stepper.step(step, velocity, batch.latents, gain, batch.generators)
             if on_step is not None:
@@ -164,6 +175,13 @@ class Sampler:
         if settings.cfg_type == "cfg":
             return cfg(cond, uncond, scale)
         return cfg_star(cond, uncond, scale, step)
+
+    def _cover_blend(self, batch, sigma, velocity, settings) -> torch.Tensor:
+        """ACE-Step 1.5's cover: the (guided) cover velocity weighted by ``audio_cover_strength``,
+        the rest from an unguided pass under text2music's instruction."""
+        strength = settings.task.audio_cover_strength
+        text2music = self._velocity(batch.latents, sigma, batch.conditioning[Branch.TEXT2MUSIC], None, settings)
+        return strength * velocity + (1.0 - strength) * text2music
 
     def _velocity(self, latents, sigma, conditioning, erg_rows, settings) -> torch.Tensor:
         return chunked_velocity(

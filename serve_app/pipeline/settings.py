@@ -15,7 +15,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .invalid_field import InvalidField
-from .tasks import SOURCE_TASKS, Task, TaskSettings, frames_at, source_frames, task_problems
+from .registry import get_spec
+from .tasks import (
+    SOURCE_SAMPLE_RATE,
+    SOURCE_TASKS,
+    Task,
+    TaskSettings,
+    context_source_frames,
+    frames_at,
+    source_frames,
+    task_problems,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -57,8 +67,6 @@ Seed = Annotated[
 OssStep = Annotated[int, Field(strict=True, ge=1, le=MAX_INFER_STEP)]
 
 MAX_SEEDS_PER_REQUEST = 8
-SOURCE_SAMPLE_RATE = 48000
-"""Rate at which a source's length is counted (``source_samples``): the v1 codec's input rate."""
 TimeInSeconds = Annotated[float, Field(ge=-600.0, le=1200.0)]
 EditAverages = Annotated[int, Field(strict=True, ge=1, le=10)]
 
@@ -235,10 +243,14 @@ class GenerationParams(BaseModel):
     torch_compile: bool = Field(
         description="Run the torch.compile'd denoiser; only where the server's torch_compile setting allows it."
     )
-    task: Task = Field(default="text2music", description="text2music, retake, repaint, extend, edit or audio2audio.")
+    task: Task = Field(
+        default="text2music",
+        description="ACE-Step v1: text2music, retake, repaint, extend, edit or audio2audio; "
+        "ACE-Step 1.5: text2music, repaint or cover (GET /models lists each model's tasks).",
+    )
     source: SourceRef | None = Field(
         default=None,
-        description="Source audio of repaint, extend, edit and audio2audio: an output's or an upload's key.",
+        description="Source audio of repaint, extend, edit, audio2audio and cover: an output's or an upload's key.",
     )
     source_samples: int = Field(default=0, ge=0)
     """The source's length at ``SOURCE_SAMPLE_RATE``, measured when planning (not a request field)."""
@@ -250,7 +262,9 @@ class GenerationParams(BaseModel):
     retake_variance: UnitInterval = Field(default=0.5, description="How far retake, repaint and extend move away.")
     repaint_start: TimeInSeconds = Field(default=0.0, description="Seconds; below 0 extend adds audio before.")
     repaint_end: TimeInSeconds = Field(
-        default=0.0, description="Seconds; past the source's end extend adds audio after."
+        default=0.0,
+        description="Seconds; past the source's end extend adds audio after. "
+        "ACE-Step 1.5 (its repainting_end): 0 or below repaints to the source's end.",
     )
     ref_audio_strength: UnitInterval = Field(default=0.5, description="audio2audio: how much of the source stays.")
     edit_target_prompt: str | None = Field(
@@ -262,6 +276,11 @@ class GenerationParams(BaseModel):
     edit_n_min: UnitInterval = Field(default=0.0, description="edit: fraction of the steps skipped at the start.")
     edit_n_max: UnitInterval = Field(default=1.0, description="edit: fraction of the steps after which it samples.")
     edit_n_avg: EditAverages = Field(default=1, description="edit: noise draws averaged per step.")
+    audio_cover_strength: UnitInterval = Field(
+        default=1.0,
+        description="cover (ACE-Step 1.5): weight of the cover-conditioned velocity; below 1 the rest is "
+        "the velocity under text2music's instruction (one more forward pass per step).",
+    )
 
     def request_fields(self) -> dict:
         """The parameters as request fields (JSON-ready): posting them repeats the request
@@ -273,6 +292,10 @@ class GenerationParams(BaseModel):
 
     def task_settings(self) -> TaskSettings:
         """The task with only the parameters it uses, so unrelated values never split batches."""
+        if self.task in SOURCE_TASKS:
+            hop = get_spec(self.model).context_hop
+            if hop:
+                return self._context_task_settings(hop)
         frames = source_frames(self.source_samples, SOURCE_SAMPLE_RATE) if self.task in SOURCE_TASKS else 0
         if self.task == "retake":
             return TaskSettings("retake", retake_variance=self.retake_variance)
@@ -285,6 +308,17 @@ class GenerationParams(BaseModel):
                 "edit", frames, edit_n_min=self.edit_n_min, edit_n_max=self.edit_n_max, edit_n_avg=self.edit_n_avg
             )
         return TaskSettings()
+
+    def _context_task_settings(self, hop: int) -> TaskSettings:
+        """ACE-Step 1.5's repaint and cover (the source is the denoiser's context)."""
+        frames = context_source_frames(self.source_samples, hop)
+        if self.task == "repaint":
+            return TaskSettings(
+                "repaint", frames, repaint_start=self.repaint_start, repaint_end=self.repaint_end, context_hop=hop
+            )
+        if self.task == "cover":
+            return TaskSettings("cover", frames, audio_cover_strength=self.audio_cover_strength, context_hop=hop)
+        return TaskSettings(self.task, frames, context_hop=hop)
 
     def batch_settings(self) -> BatchSettings:
         return BatchSettings(

@@ -1,5 +1,8 @@
 """Where a run of retake, repaint, extend or audio2audio starts, and repaint's step rule.
 
+ACE-Step 1.5's tasks (the source as context) start, like text2music, from one
+noise per item over the whole schedule, at the source's latent length.
+
 ``text2music`` samples the whole schedule from the item's noise. The audio-in
 tasks change three things, each as ACE-Step v1 defines it:
 
@@ -127,6 +130,8 @@ def task_start(
     if source is None:
         raise ValueError(f"task {task.task} needs source latents")
     source = source.float().cpu()
+    if task.source_as_context:
+        return TaskStart(_draw(tuple(source.shape[1:]), generators))
     noise = _noise(model, source.shape[-1], generators)
     if task.task == "audio2audio":
         schedule = model.noise_schedule.truncated(1 - task.ref_audio_strength)

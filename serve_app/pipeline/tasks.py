@@ -1,4 +1,4 @@
-"""The audio-in tasks of ACE-Step v1 and the frame arithmetic they share.
+"""The audio-in tasks of ACE-Step v1 and 1.5 and the frame arithmetic they share.
 
 ``text2music`` starts from noise. ``retake`` starts from the same noise mixed
 with a second seed's noise by ``retake_variance``. ``repaint`` and ``extend``
@@ -9,9 +9,18 @@ from the source's latents noised to ``1 - ref_audio_strength``. ``edit`` runs
 the flow-edit process from the source towards ``edit_target_prompt`` and
 ``edit_target_lyrics``.
 
+ACE-Step 1.5 (diffusers' ``AceStepPipeline``) gives the source to the denoiser
+as context instead and samples the whole schedule from noise: ``repaint``
+replaces the window of the source with the silence latent and marks it in the
+chunk mask; ``cover`` passes the source through the 5 Hz audio tokenizer and
+back, and blends in the text2music velocity when ``audio_cover_strength`` is
+below 1. ``TaskSettings.context_hop`` says which of the two families' meanings
+a task has.
+
 Times are seconds; ACE-Step turns them into latent frames by truncation
-(``int(seconds * 44100 / 512 / 8)``), which this module repeats so both the
-planner (torch-free) and the sampler agree on every shape.
+(v1: ``int(seconds * 44100 / 512 / 8)``; 1.5: ``int(seconds * 48000 / hop)``),
+which this module repeats so both the planner (torch-free) and the sampler
+agree on every shape.
 """
 
 from __future__ import annotations
@@ -19,15 +28,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Task = Literal["text2music", "retake", "repaint", "extend", "edit", "audio2audio"]
-TASKS: tuple[str, ...] = ("text2music", "retake", "repaint", "extend", "edit", "audio2audio")
-SOURCE_TASKS = frozenset({"repaint", "extend", "edit", "audio2audio"})
+Task = Literal["text2music", "retake", "repaint", "extend", "edit", "audio2audio", "cover"]
+TASKS: tuple[str, ...] = ("text2music", "retake", "repaint", "extend", "edit", "audio2audio", "cover")
+V1_TASKS: tuple[str, ...] = ("text2music", "retake", "repaint", "extend", "edit", "audio2audio")
+V15_TASKS: tuple[str, ...] = ("text2music", "repaint", "cover")
+"""What diffusers' ``AceStepPipeline`` runs on every 1.5 checkpoint; its lego, extract and
+complete are trained into the base models only and are not offered."""
+SOURCE_TASKS = frozenset({"repaint", "extend", "edit", "audio2audio", "cover"})
 """Tasks that start from a source recording."""
-RETAKE_SEED_TASKS = frozenset({"retake", "repaint", "extend", "edit"})
-"""Tasks that draw a second noise per item from ``retake_seeds`` (edit draws all its noise there)."""
 
 LATENT_FRAMES_PER_SECOND = 44100 / 512 / 8
 """ACE-Step v1's latent frame rate (one frame is 4096 samples at 44.1 kHz)."""
+SOURCE_SAMPLE_RATE = 48000
+"""Rate at which a source is counted (``source_samples``) and decoded: the v1 codec's input
+rate and ACE-Step 1.5's VAE rate."""
 
 
 def frames_at(seconds: float) -> int:
@@ -40,6 +54,12 @@ def source_frames(source_samples: int, sample_rate: int) -> int:
     44.1 kHz, then padded up to whole frames, as the v1 encoder does)."""
     samples_44k = -(-source_samples * 44100 // sample_rate)
     return -(-samples_44k // 4096)
+
+
+def context_source_frames(source_samples: int, hop: int) -> int:
+    """Latent frames the 1.5 VAE makes of ``source_samples`` at 48 kHz: its strided
+    convolutions (every stride even) drop the last partial frame."""
+    return source_samples // hop
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,18 @@ class TaskSettings:
     edit_n_min: float = 0.0
     edit_n_max: float = 1.0
     edit_n_avg: int = 1
+    audio_cover_strength: float = 1.0
+    context_hop: int = 0
+    """48 kHz samples per latent frame of a family that takes the source as context
+    (ACE-Step 1.5); 0 for v1, whose audio-in tasks start from the source."""
+
+    @property
+    def source_as_context(self) -> bool:
+        return self.context_hop > 0
+
+    def blends_cover(self) -> bool:
+        """cover below full strength: a second conditional pass under text2music's instruction."""
+        return self.task == "cover" and self.audio_cover_strength < 1.0
 
     def extend_spans(self) -> tuple[int, int]:
         """Latent frames added before and after the source by ``extend``.
@@ -78,8 +110,14 @@ class TaskSettings:
         return before + self.source_frames + after
 
     def repaint_window(self) -> tuple[int, int]:
-        """``[start, end)`` latent frames that ``repaint`` regenerates."""
-        return frames_at(self.repaint_start), frames_at(self.repaint_end)
+        """``[start, end)`` latent frames that ``repaint`` regenerates.
+
+        1.5 (as diffusers): ``repaint_end`` 0 or below means the source's end."""
+        if not self.source_as_context:
+            return frames_at(self.repaint_start), frames_at(self.repaint_end)
+        per_second = SOURCE_SAMPLE_RATE / self.context_hop
+        end = int(self.repaint_end * per_second) if self.repaint_end > 0 else self.source_frames
+        return int(self.repaint_start * per_second), end
 
     def first_step(self, num_steps: int) -> int:
         """Steps that repaint and extend skip: they join the trajectory at ``1 - retake_variance``."""
@@ -96,6 +134,8 @@ def task_problems(task: TaskSettings, infer_step: int, max_frames: int) -> list[
     if task.task in SOURCE_TASKS and task.source_frames < 1:
         problems.append(("source", f"task {task.task} needs a source recording"))
         return problems
+    if task.source_as_context:
+        return _context_task_problems(task)
     if task.task == "repaint":
         start, end = task.repaint_window()
         if task.repaint_start < 0:
@@ -122,8 +162,29 @@ def task_problems(task: TaskSettings, infer_step: int, max_frames: int) -> list[
     return problems
 
 
+def _context_task_problems(task: TaskSettings) -> list[tuple[str, str]]:
+    """1.5's repaint window, checked where diffusers would clamp it silently."""
+    if task.task != "repaint":
+        return []
+    start, end = task.repaint_window()
+    source_s = task.source_frames * task.context_hop / SOURCE_SAMPLE_RATE
+    if task.repaint_start < 0:
+        return [("repaint_start", "repaint starts at 0 s or later (this model has no extend)")]
+    if start >= task.source_frames:
+        return [("repaint_start", f"starts past the source's end ({source_s:g} s)")]
+    if end > task.source_frames:
+        return [("repaint_end", f"ends past the source's end ({source_s:g} s); 0 or below means the end")]
+    if end - start < 1:
+        frame_ms = 1000 * task.context_hop / SOURCE_SAMPLE_RATE
+        return [("repaint_end", f"the window must span at least one latent frame ({frame_ms:g} ms)")]
+    return []
+
+
 def output_duration(task: TaskSettings, source_duration_s: float) -> float:
     """Seconds of audio a task with a source returns: the source's length, plus for
-    ``extend`` the added spans (whole latent frames, as the latents are padded)."""
+    ``extend`` the added spans (whole latent frames, as the latents are padded).
+    A 1.5 task returns the whole latent frames its VAE made of the source."""
+    if task.source_as_context:
+        return task.source_frames * task.context_hop / SOURCE_SAMPLE_RATE
     before, after = task.extend_spans() if task.task == "extend" else (0, 0)
     return source_duration_s + (before + after) / LATENT_FRAMES_PER_SECOND

@@ -52,6 +52,8 @@ class AceStepV1Model:
     # apg_forward's default dims over (B, 8, 16, frames): the latent height and the frames.
     guidance_norm_dims = (-1, -2)
     supported_erg = frozenset({"tag", "lyric", "diffusion"})
+    frame_axis = -1
+    source_encoding_draws = False
     compile_options: dict | None = None
     """Keyword arguments for ``torch.compile`` of the denoiser (tests pick a cheap backend)."""
 
@@ -230,8 +232,9 @@ class AceStepV1Model:
     def decode(self, latents: torch.Tensor, num_samples: int) -> torch.Tensor:
         return self.codec.decode(latents, num_samples)
 
-    def encode_audio(self, waveform: torch.Tensor) -> torch.Tensor:
-        """The DCAE encode path (``codec.encode``): float32 latents of a 48 kHz stereo waveform."""
+    def encode_audio(self, waveform: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The DCAE encode path (``codec.encode``): float32 latents of a 48 kHz stereo waveform.
+        Deterministic, so ``generator`` is unused."""
         return self.codec.encode(waveform)
 
 

@@ -46,7 +46,11 @@ def build_pipeline(
     """
     from diffusers import AceStepPipeline, AutoencoderOobleck, FlowMatchEulerDiscreteScheduler
     from diffusers.models.transformers.ace_step_transformer import AceStepTransformer1DModel
-    from diffusers.pipelines.ace_step.modeling_ace_step import AceStepConditionEncoder
+    from diffusers.pipelines.ace_step.modeling_ace_step import (
+        AceStepAudioTokenDetokenizer,
+        AceStepAudioTokenizer,
+        AceStepConditionEncoder,
+    )
     from transformers import Qwen3Config, Qwen3Model
 
     if variant not in (configs.TURBO, configs.BASE):
@@ -67,10 +71,14 @@ def build_pipeline(
         text_config = Qwen3Config(**configs.text_encoder_config(size, len(tokenizer)))
         text_encoder = Qwen3Model(text_config)
         vae = AutoencoderOobleck(**configs.vae_config(size))
+        # Made last, so the components above keep the weights they had before cover existed.
+        tokenizer_config, detokenizer_config = configs.audio_tokenizer_configs(size)
+        audio_tokenizer = AceStepAudioTokenizer(**tokenizer_config)
+        audio_token_detokenizer = AceStepAudioTokenDetokenizer(**detokenizer_config)
     if not with_null_condition:
         condition_encoder.null_condition_emb = None
     scheduler = FlowMatchEulerDiscreteScheduler(**configs.SCHEDULER_CONFIG)
-    for module in (transformer, condition_encoder, text_encoder, vae):
+    for module in (transformer, condition_encoder, text_encoder, vae, audio_tokenizer, audio_token_detokenizer):
         module.eval()
     return AceStepPipeline(
         vae=vae,
@@ -79,4 +87,6 @@ def build_pipeline(
         transformer=transformer,
         condition_encoder=condition_encoder,
         scheduler=scheduler,
+        audio_tokenizer=audio_tokenizer,
+        audio_token_detokenizer=audio_token_detokenizer,
     )

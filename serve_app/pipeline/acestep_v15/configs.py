@@ -155,4 +155,25 @@ def vae_config(size: str) -> dict[str, Any]:
     raise ValueError(f"unknown size {size!r}; expected 'tiny' or 'full'")
 
 
+def audio_tokenizer_configs(size: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The 5 Hz audio tokenizer and its detokenizer (cover's source conditioning); the
+    detokenizer reads the tokenizer's quantized width, so both share ``hidden_size``."""
+    if size == "full":
+        return {}, {}  # diffusers' defaults are the released sizes (width 2048, 64 channels)
+    if size == "tiny":
+        shared = {
+            "hidden_size": 24,
+            "intermediate_size": 48,
+            "audio_acoustic_hidden_dim": 8,
+            "pool_window_size": 5,
+            "num_attention_pooler_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "sliding_window": 8,
+        }
+        return {**shared, "fsq_dim": 24}, shared
+    raise ValueError(f"unknown size {size!r}; expected 'tiny' or 'full'")
+
+
 SCHEDULER_CONFIG: dict[str, Any] = {"num_train_timesteps": 1, "shift": 1.0}

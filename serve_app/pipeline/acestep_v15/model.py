@@ -1,8 +1,13 @@
 """ACE-Step 1.5 as a ``MusicModel``: diffusers' components, our sampler.
 
-Conditioning follows ``AceStepPipeline`` for text2music (same prompt template,
-tokenisation, text encoder, lyric embeddings, condition encoder with the
-silence latent as timbre reference, silence context + all-ones chunk mask).
+Conditioning follows ``AceStepPipeline`` (same prompt template and task
+instruction, tokenisation, text encoder, lyric embeddings, condition encoder
+with the silence latent as timbre reference) and its context latents per task:
+text2music: silence + all-ones chunk mask; repaint: the source with the
+silence latent inside the window + a mask that is one inside it; cover: the
+source through the 5 Hz audio tokenizer and detokenizer + all-ones mask, and,
+below full ``audio_cover_strength``, a second conditional branch under
+text2music's instruction (``Branch.TEXT2MUSIC``) that the sampler blends in.
 
 Two things differ from the pipeline, both for batch invariance:
 
@@ -24,9 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..invalid_field import InvalidField
 from ..protocol import Branch, Conditioning, ErgFlags
 from ..registry import V15_MAX_LYRIC_TOKENS
 from ..schedules import AceStepV15Schedule
+from ..tasks import V15_TASKS, TaskSettings
 from . import checkpoint
 
 ENCODER_STATES = "encoder_hidden_states"
@@ -137,6 +144,9 @@ class AceStepV15Model:
     vocal_language = "en"
     max_text_tokens = 256
     max_lyric_tokens = V15_MAX_LYRIC_TOKENS
+    frame_axis = 1
+    source_encoding_draws = True
+    """The VAE encodes a source by sampling its posterior (``encode_audio`` takes a generator)."""
     compile_options: dict | None = None
     """Keyword arguments for ``torch.compile`` of the denoiser (tests pick a cheap backend)."""
 
@@ -158,8 +168,13 @@ class AceStepV15Model:
         self.text_encoder = pipe.text_encoder
         self.tokenizer = pipe.tokenizer
         self.vae = pipe.vae
-        for module in (self.transformer, self.condition_encoder, self.text_encoder, self.vae):
-            module.eval().requires_grad_(False)
+        # Optional in diffusers' layout; only cover needs them.
+        self.audio_tokenizer = pipe.audio_tokenizer
+        self.audio_token_detokenizer = pipe.audio_token_detokenizer
+        modules = (self.transformer, self.condition_encoder, self.text_encoder, self.vae)
+        for module in (*modules, self.audio_tokenizer, self.audio_token_detokenizer):
+            if module is not None:
+                module.eval().requires_grad_(False)
         self.noise_schedule = AceStepV15Schedule()
         self.sample_rate = int(pipe.sample_rate)
         self.latents_per_second = float(pipe.latents_per_second)
@@ -169,7 +184,7 @@ class AceStepV15Model:
         self.has_null_condition = has_null_condition and self.condition_encoder.null_condition_emb is not None
         self.denoiser = MaskedDiT(self.transformer)
         self._compiled_denoiser = None
-        self._instruction = pipe._get_task_instruction(task_type="text2music")
+        self._instructions = {task: pipe._get_task_instruction(task_type=task) for task in V15_TASKS}
 
     # ------------------------------------------------------------------ shapes
 
@@ -189,14 +204,14 @@ class AceStepV15Model:
         frames = math.ceil(TIMBRE_REFERENCE_SECONDS * self.latents_per_second)
         return self.condition_encoder.silence_latent[:, :frames, :].to(device=self.device, dtype=self.dtype)
 
-    def _encode_row(self, prompt: str, lyrics: str, duration_s: float) -> torch.Tensor:
-        """Condition-encoder states ``(L, D)`` of one row, exactly as a batch of one."""
+    def _encode_row(self, prompt: str, lyrics: str, duration_s: float, task: str) -> torch.Tensor:
+        """Condition-encoder states ``(L, D)`` of one row under ``task``'s instruction, exactly as a batch of one."""
         text, lyric_text = self.pipe._format_prompt(
             prompt=prompt,
             lyrics=lyrics,
             vocal_language=self.vocal_language,
             audio_duration=duration_s,
-            instruction=self._instruction,
+            instruction=self._instructions[task],
         )
         text_ids = self._token_ids(text, self.max_text_tokens)
         lyric_ids = self._token_ids(lyric_text, self.max_lyric_tokens)
@@ -214,19 +229,50 @@ class AceStepV15Model:
             raise RuntimeError("condition encoder returned padding for an unpadded row")
         return states[0]
 
-    def _context_latents(self, frames: int, rows: int) -> torch.Tensor:
-        source, _ = self.pipe.prepare_src_latents(
+    def _silence(self, frames: int, rows: int) -> torch.Tensor:
+        """The silence latent tiled to ``frames``: text2music's context, repaint's filler."""
+        silence, _ = self.pipe.prepare_src_latents(
             device=self.device, dtype=self.dtype, batch_size=1, latent_length=frames
         )
-        chunk_mask = self.pipe._build_chunk_mask(
-            task_type="text2music",
+        return silence.expand(rows, -1, -1)
+
+    def _chunk_mask(self, task: TaskSettings, frames: int, rows: int) -> torch.Tensor:
+        """One where the denoiser generates, zero where it keeps the context (repaint's outside)."""
+        return self.pipe._build_chunk_mask(
+            task_type=task.task,
             latent_length=frames,
-            batch_size=1,
+            batch_size=rows,
             device=self.device,
             dtype=self.dtype,
             acoustic_dim=self.acoustic_dim,
+            repainting_start=task.repaint_start,
+            repainting_end=task.repaint_end,
+            has_src_audio=task.task != "text2music",
         )
-        return torch.cat([source, chunk_mask], dim=-1).expand(rows, -1, -1).contiguous()
+
+    def _cover_source(self, source: torch.Tensor) -> torch.Tensor:
+        """The source as cover hears it: through the 5 Hz audio tokens and back, row by row."""
+        if self.audio_tokenizer is None or self.audio_token_detokenizer is None:
+            raise InvalidField("task", f"{self.name}'s checkpoint has no audio tokenizer, which cover needs")
+        silence = self.condition_encoder.silence_latent.to(device=self.device, dtype=self.dtype)
+        rows = []
+        for row in source:
+            quantized, _ = self.audio_tokenizer.tokenize(row[None], silence)
+            rows.append(self.audio_token_detokenizer(quantized)[:, : source.shape[1]])
+        return torch.cat(rows)
+
+    def _context_latents(self, task: TaskSettings, frames: int, rows: int, source: torch.Tensor | None):
+        """``(rows, frames, 2 * acoustic_dim)``: the context latents and the chunk mask."""
+        mask = self._chunk_mask(task, frames, rows)
+        if task.task == "text2music":
+            context = self._silence(frames, rows)
+        elif task.task == "repaint":
+            context = torch.where(mask > 0.5, self._silence(frames, rows), source)
+        elif task.task == "cover":
+            context = self._cover_source(source)
+        else:
+            raise InvalidField("task", f"{self.name} offers the tasks {', '.join(V15_TASKS)}, not {task.task}")
+        return torch.cat([context, mask], dim=-1).contiguous()
 
     def _null_condition(self) -> torch.Tensor:
         if not self.has_null_condition:
@@ -252,14 +298,19 @@ class AceStepV15Model:
         erg: ErgFlags,
         *,
         duration_s: float | Sequence[float] | None = None,
+        task: TaskSettings | None = None,
+        source: torch.Tensor | None = None,
     ) -> dict[Branch, Conditioning]:
         """Conditioning per branch; every branch has the same tensor shapes.
 
         Keys: ``encoder_hidden_states`` ``(B, L, D)``, ``encoder_attention_mask``
         ``(B, L)`` bool (False on padding), ``context_latents`` ``(B, T, C_ctx)``.
         ``duration_s`` (required) is the requested duration, one value or one per row.
+        ``task`` (default text2music) and, for repaint and cover, ``source``: the items'
+        source latents ``(B, T, C)`` from ``encode_audio``, which fix ``T``.
         """
         self._check_erg(erg)
+        task = task or TaskSettings()
         branches = list(dict.fromkeys(branches))
         if len(prompts) != len(lyrics):
             raise ValueError(f"{len(prompts)} prompts but {len(lyrics)} lyrics")
@@ -267,18 +318,24 @@ class AceStepV15Model:
         if rows == 0:
             raise ValueError("encode() needs at least one prompt")
         durations = _durations(duration_s, rows)
-        frame_counts = {self.latent_frames(value) for value in durations}
-        if len(frame_counts) != 1:
-            raise ValueError(f"rows of one batch must share a latent length, got durations {durations}")
-        frames = frame_counts.pop()
+        if task.task == "text2music":
+            frame_counts = {self.latent_frames(value) for value in durations}
+            if len(frame_counts) != 1:
+                raise ValueError(f"rows of one batch must share a latent length, got durations {durations}")
+            frames = frame_counts.pop()
+        elif source is None or source.shape[0] != rows:
+            raise ValueError(f"task {task.task} needs source latents, one row per prompt")
+        else:
+            source = source.to(device=self.device, dtype=self.dtype)
+            frames = source.shape[1]
         null = self._null_condition() if Branch.UNCOND in branches else None
 
-        cache: dict[tuple[str, str, float], torch.Tensor] = {}
+        cache: dict[tuple[str, str, float, str], torch.Tensor] = {}
 
-        def row_states(prompt: str, lyric: str, duration: float) -> torch.Tensor:
-            key = (prompt, lyric, duration)
+        def row_states(prompt: str, lyric: str, duration: float, task_name: str = task.task) -> torch.Tensor:
+            key = (prompt, lyric, duration, task_name)
             if key not in cache:
-                cache[key] = self._encode_row(prompt, lyric, duration)
+                cache[key] = self._encode_row(*key)
             return cache[key]
 
         per_branch: dict[Branch, list[torch.Tensor]] = {}
@@ -286,6 +343,8 @@ class AceStepV15Model:
             per_branch[Branch.COND] = [row_states(*row) for row in zip(prompts, lyrics, durations)]
         if Branch.TEXT_ONLY in branches:
             per_branch[Branch.TEXT_ONLY] = [row_states(p, "", d) for p, d in zip(prompts, durations)]
+        if Branch.TEXT2MUSIC in branches:
+            per_branch[Branch.TEXT2MUSIC] = [row_states(*row, "text2music") for row in zip(prompts, lyrics, durations)]
         width = max(states.shape[0] for sequences in per_branch.values() for states in sequences)
 
         def padded(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,7 +355,7 @@ class AceStepV15Model:
                 mask[index, : sequence.shape[0]] = True
             return states, mask
 
-        context = self._context_latents(frames, rows)
+        context = self._context_latents(task, frames, rows, source)
         result: dict[Branch, Conditioning] = {}
         packed = {branch: padded(sequences) for branch, sequences in per_branch.items()}
         for branch in branches:
@@ -310,6 +369,15 @@ class AceStepV15Model:
                 states, mask = states.clone(), mask.clone()
             result[branch] = {ENCODER_STATES: states, ENCODER_MASK: mask, CONTEXT: context.clone()}
         return result
+
+    @torch.no_grad()
+    def encode_audio(self, waveform: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents ``(1, T, C)`` of a float ``(channels, samples)`` waveform at 48 kHz: a draw from the
+        VAE's posterior, as the pipeline takes it, from ``generator`` (a CPU generator draws the
+        same values on every device)."""
+        audio = waveform.unsqueeze(0).to(device=self.device, dtype=self.vae.dtype)
+        posterior = self.vae.encode(audio).latent_dist
+        return posterior.sample(generator=generator).transpose(1, 2).to(self.dtype)
 
     # --------------------------------------------------------------- denoising
 
@@ -378,7 +446,13 @@ def load(path: Path, *, device: torch.device, dtype: torch.dtype, spec=None) -> 
         pipe.condition_encoder.null_condition_emb = None
     pipe.to(torch.device(device))
     name = spec.name if spec is not None else path.name
-    return AceStepV15Model(pipe, device=device, dtype=dtype, has_null_condition=has_null, name=name)
+    model = AceStepV15Model(pipe, device=device, dtype=dtype, has_null_condition=has_null, name=name)
+    if spec is not None and spec.context_hop != model.hop_length:
+        raise ValueError(
+            f"{name}: the catalog counts {spec.context_hop} samples per latent frame, the VAE in {path} "
+            f"{model.hop_length}; the planner would size sources wrongly"
+        )
+    return model
 
 
 def build_random(*, device, dtype, size: str = "tiny", variant: str = "base") -> AceStepV15Model:
