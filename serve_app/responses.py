@@ -214,6 +214,7 @@ class ModelInfo(BaseModel):
                     "max_lyric_tokens": 4096,
                     "guidance_distilled": False,
                     "defaults": {"infer_step": 60, "guidance_scale": 15.0, "omega_scale": 10.0},
+                    "tasks": ["text2music", "retake", "repaint", "extend", "edit", "audio2audio"],
                     "served": True,
                 }
             ]
@@ -240,6 +241,8 @@ class ModelInfo(BaseModel):
     """Samples without guidance: ``guidance_scale`` must be 0 or 1."""
     defaults: dict[str, Any]
     """Its defaults, applied before the preset and the request."""
+    tasks: list[str]
+    """The values of a request's ``task`` it runs."""
     served: bool
     """Whether this deployment serves it."""
 
