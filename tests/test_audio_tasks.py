@@ -22,7 +22,7 @@ from serve_app.pipeline.sampler import Sampler
 from serve_app.pipeline.settings import ACESTEP_DEFAULTS, GenerationParams
 from serve_app.pipeline.tasks import LATENT_FRAMES_PER_SECOND, TaskSettings, output_duration, source_frames
 
-from .generation import DIFFERENT, SAME
+from .generation import DIFFERENT, SAME, max_diff
 
 NAME = "ace-step-v1-tiny"
 SOURCE_SECONDS = 1.5
@@ -185,12 +185,26 @@ def test_impossible_task_settings_are_refused_naming_the_field(pipeline, task, f
     assert caught.value.field == field
 
 
-def test_audio2audio_refuses_pingpong(pipeline):
-    settings = dataclasses.replace(
-        _params(scheduler_type="pingpong").batch_settings(), task=TaskSettings("audio2audio", 16)
-    )
-    with pytest.raises(InvalidField, match="pingpong"):
-        pipeline.check_inputs(settings, _params().items())
+def test_audio2audio_with_pingpong_is_per_item_and_deterministic(pipeline, source):
+    task = TaskSettings("audio2audio", source_frames(source.shape[1], 48000), ref_audio_strength=0.4)
+    seconds = output_duration(task, source.shape[1] / 48000)
+
+    def waveforms(scheduler, seeds):
+        # Six steps: the last step's noise is scaled by sigma 0, so two would hide a shared generator.
+        params = _params(scheduler_type=scheduler, actual_seeds=seeds, infer_step=10)
+        settings = dataclasses.replace(params.batch_settings(), task=task, audio_duration=seconds)
+        items = pipeline(settings, params.items(), sources=[source] * len(seeds)).items
+        assert all(item.error is None for item in items)
+        return [item.waveform for item in items]
+
+    [alone] = waveforms("pingpong", (7,))
+    assert alone.shape == (2, round(seconds * 48000))
+    assert torch.equal(alone, waveforms("pingpong", (7,))[0])
+    # Its fresh noise comes from the item's own seed, so a batch-mate changes nothing.
+    first, second = waveforms("pingpong", (7, 8))
+    assert max_diff(first, alone) < SAME
+    assert max_diff(second, alone) > DIFFERENT
+    assert max_diff(alone, waveforms("euler", (7,))[0]) > DIFFERENT
 
 
 def test_edit_refuses_other_schedulers(pipeline):

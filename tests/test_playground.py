@@ -2,7 +2,7 @@
 
 End to end against the dev-style app (Ray Serve, the tiny model, the local
 store): submit, watch progress, play, cancel, copy a curl command that
-reproduces the output. With ``PLAYGROUND_SCREENSHOTS=<folder>`` the end-to-end
+reproduces the output, upload a source, and run a task on an output. With ``PLAYGROUND_SCREENSHOTS=<folder>`` the end-to-end
 test also saves the page's screenshots there (docs/ holds the README's).
 """
 
@@ -14,11 +14,14 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
+import numpy as np
 import pytest
 
 from deployments.app import build_app
+from serve_app.audio import encode_audio
 
 from .conftest import TEST_MODEL, free_port, run_app
 
@@ -91,7 +94,14 @@ def screenshot(page, name: str) -> None:
         page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
-def test_the_playground_generates_plays_cancels_and_copies_a_curl_that_reproduces_the_output(page, base_url):
+def tone_wav(folder: Path) -> Path:
+    path = folder / "tone.wav"
+    t = np.arange(48000) / 48000
+    path.write_bytes(encode_audio((0.3 * np.sin(2 * np.pi * 220 * t))[None, :].astype(np.float32), 48000, "wav"))
+    return path
+
+
+def test_the_playground_generates_plays_cancels_copies_a_curl_and_chains_a_task(page, base_url, tmp_path):
     requested: list[str] = []
     partial: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
@@ -155,6 +165,32 @@ def test_the_playground_generates_plays_cancels_and_copies_a_curl_that_reproduce
     assert recent[:2] == [second_job, first_job]
     page.click(f'#recent li[data-job-id="{first_job}"] button')
     page.wait_for_selector("#job-status.succeeded")
+
+    # The first output becomes the source of an audio2audio job; an upload is offered beside it.
+    assert page.is_hidden("#task-fields")
+    set_field(page, "task", "audio2audio")
+    assert page.is_visible("#source") and page.is_hidden("#audio_duration")
+    page.set_input_files("#source-file", str(tone_wav(tmp_path)))
+    page.wait_for_function("document.querySelector('#source').selectedOptions[0]?.value.startsWith('uploads/')")
+    page.click("#outputs .use-source")
+    first_key = urlparse(output_url).path.removeprefix("/outputs/")
+    assert page.input_value("#source") == first_key
+    set_field(page, "ref_audio_strength", "0.5")
+    page.click("#advanced summary")  # closed again since the reload
+    set_field(page, "infer_step", "10")
+    set_field(page, "scheduler_type", "pingpong")
+    page.click("#submit")
+    page.wait_for_function(f"document.querySelector('#job-id').textContent !== '{first_job}'")
+    page.wait_for_selector("#job-status.succeeded")
+    params = json.loads(page.text_content("#params"))
+    assert (params["task"], params["source"], params["scheduler_type"]) == (
+        "audio2audio",
+        {"key": first_key},
+        "pingpong",
+    )
+    page.wait_for_function("document.querySelector('#outputs audio').readyState >= 1")
+    assert page.locator("#outputs audio").evaluate("element => element.duration") == pytest.approx(DURATION, abs=1e-3)
+    screenshot(page, "playground-task.png")
 
     foreign = [url for url in requested if not url.startswith((base_url, "blob:", "data:"))]
     assert foreign == []

@@ -394,9 +394,5 @@ def check_supported(settings: BatchSettings, spec: ModelSpec) -> None:
         raise InvalidField(field, reason)
     if task.task in ("edit", "audio2audio") and settings.oss_steps:
         raise InvalidField("oss_steps", f"{task.task} runs its own schedule; oss_steps cannot be combined with it")
-    if task.task == "audio2audio" and settings.scheduler_type == "pingpong":
-        # Its latents differ from upstream's by about 100% on identical weights (euler and heun
-        # agree to 1e-6); refused until the difference is understood.
-        raise InvalidField("scheduler_type", "audio2audio runs with euler or heun, not pingpong (yet)")
     if task.task == "edit" and settings.scheduler_type != "euler":
         raise InvalidField("scheduler_type", "edit (flow-edit) steps with euler only")

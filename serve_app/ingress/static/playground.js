@@ -1,4 +1,5 @@
-// The playground: submits a job, follows its event stream, plays and describes the result.
+// The playground: submits a job, follows its event stream, plays and describes the result; an output
+// (or an upload) can be the source of the next job's task.
 // Talks only to this service's own API (relative URLs); keeps the API key and the recent jobs in localStorage.
 "use strict";
 
@@ -9,6 +10,8 @@ const RECENT_LIMIT = 20;
 const $ = (selector) => document.querySelector(selector);
 
 const state = { presets: {}, models: {}, job: null, stream: null, blobUrls: [] };
+// The tasks that start from a source recording (the rest ask for a duration instead).
+const SOURCE_TASKS = ["repaint", "extend", "edit", "audio2audio"];
 
 // ------------------------------------------------------------------ API
 
@@ -30,11 +33,13 @@ class ApiError extends Error {
   }
 }
 
+// A FormData body goes as multipart (the browser writes its boundary), anything else as JSON.
 async function api(method, path, body, signal) {
   const headers = { ...authHeaders() };
-  if (body !== undefined) headers["content-type"] = "application/json";
+  const multipart = body instanceof FormData;
+  if (body !== undefined && !multipart) headers["content-type"] = "application/json";
   const response = await fetch(BASE + path, {
-    method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body),
+    method, headers, signal, body: body === undefined || multipart ? body : JSON.stringify(body),
   });
   if (response.status === 401) askForKey("This server needs an API key.");
   if (!response.ok) {
@@ -79,6 +84,7 @@ async function loadCatalog() {
     fillSelect($("#preset"), presets.map((p) => p.name), "none");
     fillSelect($("#model"), Object.keys(state.models));
     showDefaults();
+    showTasks();
   } catch (error) {
     showError(error);
   }
@@ -110,15 +116,68 @@ function showDefaults() {
   }
 }
 $("#preset").addEventListener("change", showDefaults);
-$("#model").addEventListener("change", showDefaults);
+$("#model").addEventListener("change", () => { showDefaults(); showTasks(); });
+
+// The task list is the chosen model's; each task shows only the fields it reads.
+function showTasks() {
+  const model = state.models[$("#model").value];
+  fillSelect($("#task"), model ? model.tasks : ["text2music"]);
+  showTaskFields();
+}
+
+function showTaskFields() {
+  const task = $("#task").value;
+  for (const element of document.querySelectorAll("[data-tasks]")) {
+    element.hidden = !element.dataset.tasks.split(" ").includes(task);
+  }
+  $("#task-fields").hidden = ![...$("#task-fields").querySelectorAll("[data-tasks]")].some((e) => !e.hidden);
+}
+$("#task").addEventListener("change", showTaskFields);
+
+// A source the page knows of (an output shown here or an upload), selected for the next job.
+function offerSource(key, label) {
+  const select = $("#source");
+  if (![...select.options].some((option) => option.value === key)) select.append(new Option(label, key));
+  select.value = key;
+}
+
+function useAsSource(output) {
+  offerSource(output.key, `output · seed ${output.seed} · ${output.duration} s`);
+  if (!SOURCE_TASKS.includes($("#task").value)) {
+    const model = state.models[$("#model").value];
+    const offered = model ? model.tasks : [];
+    const task = SOURCE_TASKS.find((name) => offered.includes(name));
+    if (task) $("#task").value = task;
+  }
+  showTaskFields();
+  $("#task").scrollIntoView({ block: "center" });
+}
+
+$("#source-file").addEventListener("change", async () => {
+  const file = $("#source-file").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    const uploaded = await (await api("POST", "/uploads", form)).json();
+    showError(null);
+    offerSource(uploaded.key, `upload · ${file.name} · ${uploaded.duration.toFixed(1)} s`);
+  } catch (error) {
+    showError(error);
+  }
+  $("#source-file").value = "";
+});
 
 function requestBody() {
   const body = {};
   for (const control of document.querySelectorAll("#generate-form [data-field]")) {
     control.removeAttribute("aria-invalid");
+    if (control.closest("[hidden]")) continue; // a field the chosen task does not read
     const text = control.value.trim();
     if (text === "" && control.dataset.field !== "prompt") continue;
-    if (control.dataset.type === "bool") body[control.dataset.field] = text === "true";
+    if (control.dataset.field === "source") body.source = { key: text };
+    else if (control.dataset.type === "bool") body[control.dataset.field] = text === "true";
+    else if (control.dataset.type === "ints") body[control.dataset.field] = text.split(",").map(Number);
     else if (control.type === "number" || control.dataset.type === "int") body[control.dataset.field] = Number(text);
     else body[control.dataset.field] = control.id === "prompt" || control.id === "lyrics" ? control.value : text;
   }
@@ -208,6 +267,8 @@ function resetJobView(jobId) {
   state.blobUrls = [];
   $("#job").hidden = false;
   $("#job-id").textContent = jobId;
+  $("#job-status").textContent = "";
+  $("#job-status").className = "badge"; // the previous job's status is not this one's
   $("#outputs").replaceChildren();
   delete $("#outputs").dataset.job;
   $("#resolved").hidden = true;
@@ -252,7 +313,12 @@ async function showResult(result) {
     audio.dataset.seed = output.seed;
     const link = document.createElement("a");
     link.textContent = `seed ${output.seed} · ${output.format} · ${output.duration} s`;
-    row.append(audio, link);
+    const reuse = document.createElement("button");
+    reuse.type = "button";
+    reuse.className = "secondary use-source";
+    reuse.textContent = "Use as source";
+    reuse.addEventListener("click", () => useAsSource(output));
+    row.append(audio, link, reuse);
     $("#outputs").append(row);
     const url = await playableUrl(output.url);
     audio.src = url;
