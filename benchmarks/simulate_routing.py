@@ -4,7 +4,9 @@
     python benchmarks/simulate_routing.py --work-weight 0 3 6 12
 
 A discrete-event model of ``bench_cluster.py``'s closed-loop profiles that runs
-in seconds, for choosing the router's ``work_weight`` and seeing why: clients
+in seconds, for choosing the router's ``work_weight`` and seeing why (and, with
+``--profiles burst``, the least p99 any autoscaling policy can give a burst of
+200 on ``--replicas`` replicas, as all of them run from its first second): clients
 send a request as soon as their last one is answered (after ``--overhead``
 seconds of ingress, encoding and upload), through one of two callers (each
 with its own router, as the two ingress replicas have) to replicas that batch
@@ -192,12 +194,15 @@ PROFILES = {
     "steady": Profile(32, 192, (10.0, 30.0, 60.0)),
     "light": Profile(8, 120, (10.0, 30.0, 60.0)),
     "mix": Profile(32, 200, (10.0, 30.0, 60.0, 120.0, 240.0)),
+    # Every request at once, all replicas up from the start: the least p99 a burst of 200 can
+    # have on this many replicas, whatever the autoscaling policy.
+    "burst": Profile(200, 200, (10.0, 30.0, 60.0)),
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profiles", nargs="+", default=list(PROFILES), choices=list(PROFILES))
+    parser.add_argument("--profiles", nargs="+", default=["steady", "light", "mix"], choices=list(PROFILES))
     parser.add_argument("--work-weight", nargs="+", type=float, default=[0.0, 3.0, 6.0, 12.0])
     parser.add_argument("--seeds", type=int, default=5, help="runs per row, averaged")
     parser.add_argument("--replicas", type=int, default=4)

@@ -215,7 +215,6 @@ class ModelInfo(BaseModel):
                     "guidance_distilled": False,
                     "tasks": ["text2music", "retake", "repaint", "extend", "edit", "audio2audio"],
                     "defaults": {"infer_step": 60, "guidance_scale": 15.0, "omega_scale": 10.0},
-                    "tasks": ["text2music", "retake", "repaint", "extend", "edit", "audio2audio"],
                     "served": True,
                 }
             ]
@@ -244,8 +243,6 @@ class ModelInfo(BaseModel):
     """The values of a request's ``task`` it runs."""
     defaults: dict[str, Any]
     """Its defaults, applied before the preset and the request."""
-    tasks: list[str]
-    """The values of a request's ``task`` it runs."""
     served: bool
     """Whether this deployment serves it."""
 

@@ -11,7 +11,7 @@ const $ = (selector) => document.querySelector(selector);
 
 const state = { presets: {}, models: {}, job: null, stream: null, blobUrls: [] };
 // The tasks that start from a source recording (the rest ask for a duration instead).
-const SOURCE_TASKS = ["repaint", "extend", "edit", "audio2audio"];
+const SOURCE_TASKS = ["repaint", "extend", "edit", "audio2audio", "cover"];
 
 // ------------------------------------------------------------------ API
 
