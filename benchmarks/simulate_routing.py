@@ -84,6 +84,7 @@ class Simulation:
         self.settings = {duration: batch_settings(duration) for duration in profile.durations}
         self.cost = CostModel(scale=get_spec(MODEL).relative_cost)
         self.numbers = itertools.count()
+        self.tokens = itertools.count()
         self.waiting: list[tuple] = []
         self.latencies: list[float] = []
         self.audio_s = 0.0
@@ -116,7 +117,7 @@ class Simulation:
             ranks = self.rankings[caller].rank(key, list(self.stats.values()), 1, cap, cost)
             by_id = {replica.replica_id: replica for replica in open_replicas}
             chosen = next(by_id[replica_id] for (replica_id,) in ranks if replica_id in by_id)
-            self.rankings[caller].routed(key, self.stats[chosen.replica_id], 1, cap, cost)
+            self.rankings[caller].hold(next(self.tokens), key, self.stats[chosen.replica_id], 1, cap, cost)
         chosen.ongoing += 1
         chosen.queues.setdefault(settings, []).append((self.now, sent_at))
         self.at(self.now, self.start_batch, chosen)

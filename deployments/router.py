@@ -65,6 +65,11 @@ class BatchKeyRouter(RequestRouter):
         }
         key, items, cap, batch_cost = self._placement(plan)
         ranks = self.ranking.rank(key, list(self._views.values()), items, cap, batch_cost)
+        # Serve ranks many waiting requests before the first is accepted: count this one where it
+        # most likely goes, so the next ranking sees it (on_request_routed moves it if it spilled over).
+        if ranks:
+            token = pending_request.metadata.internal_request_id
+            self.ranking.hold(token, key, self._views[ranks[0][0]], items, cap, batch_cost)
         return [[by_id[replica_id] for replica_id in rank] for rank in ranks]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult) -> None:
@@ -73,4 +78,4 @@ class BatchKeyRouter(RequestRouter):
         if plan is None or view is None:
             return
         key, items, cap, batch_cost = self._placement(plan)
-        self.ranking.routed(key, view, items, cap, batch_cost)
+        self.ranking.hold(pending_request.metadata.internal_request_id, key, view, items, cap, batch_cost)

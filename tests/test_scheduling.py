@@ -168,22 +168,35 @@ def test_a_plan_of_several_items_fills_the_forming_batch_and_opens_the_next():
     assert placement.after.forming_starts_in_s["A"] == pytest.approx(12.2 - 1.6)
 
 
-def test_a_caller_counts_what_it_placed_until_newer_stats_or_its_memory_run_out():
+def test_a_caller_counts_the_plans_it_holds_until_newer_stats_or_its_memory_run_out():
     clock = Clock()
     ranking = KeyRanking(memory_s=2.0, clock=clock)
     views = replicas(0.0, 0.0, 0.0)
     home = rank(ranking, "A", views)[0][0]
     stats = next(view for view in views if view.replica_id == home)
-    for _ in range(CAP - 1):  # the stats still show an idle replica, the caller knows a batch forms there
-        ranking.routed("A", stats, 1, CAP, batch_cost)
+    for token in range(CAP - 1):  # the stats still show an idle replica, the caller knows a batch forms there
+        ranking.hold(token, "A", stats, 1, CAP, batch_cost)
         assert rank(ranking, "A", views)[0] == [home]
-    ranking.routed("A", stats, 1, CAP, batch_cost)  # that batch is full now: the next one goes elsewhere
+    ranking.hold(CAP - 1, "A", stats, 1, CAP, batch_cost)  # that batch is full now: the next one goes elsewhere
     assert rank(ranking, "A", views)[0] != [home]
     newer = [ReplicaView(view.replica_id, 0.01) if view is stats else view for view in views]
     assert rank(ranking, "A", newer)[0] == rank(KeyRanking(), "A", newer)[0]  # newer stats replace the picture
-    ranking.routed("A", stats, CAP, CAP, batch_cost)
+    ranking.hold("late", "A", stats, CAP, CAP, batch_cost)
     clock.now = 2.5
     assert rank(ranking, "A", views)[0] == [home]  # forgotten: only the stats speak
+
+
+def test_holding_a_plan_again_moves_it_to_the_replica_that_took_it():
+    ranking = KeyRanking()
+    views = replicas(0.0, 0.0)
+    first, second = (rank_[0] for rank_ in rank(ranking, "A", views))
+    by_id = {view.replica_id: view for view in views}
+    ranking.hold("request", "A", by_id[first], CAP, CAP, batch_cost)  # ranked first: a full batch there
+    assert rank(ranking, "B", views)[0] == [second]
+    ranking.hold("request", "A", by_id[second], CAP, CAP, batch_cost)  # it spilled over to the other
+    assert ranking.observe(by_id[first]) == by_id[first]
+    assert ranking.observe(by_id[second]).backlog_s == pytest.approx(batch_cost(CAP))
+    assert rank(ranking, "B", views)[0] == [first]
 
 
 def test_bad_ranking_settings_are_refused():

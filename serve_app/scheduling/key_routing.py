@@ -25,9 +25,11 @@ replicas) are broken by a rendezvous hash of (key, replica), so every caller
 (each ingress replica and the job coordinator run their own router) opens the
 first batch of a key on the same replica without talking.
 
-Routing stats are 0.2-0.4 s old, so the ranking adds what this caller placed
-since the replica's last stats (``routed``) until newer stats arrive
-(``observe``) or ``memory_s`` passes. No key waits for another here: a plan
+Routing stats are 0.2-0.4 s old, and Serve ranks a burst of requests before the
+first of them reaches a replica, so the ranking adds the plans this caller
+sent or is sending to a replica (``hold``: where it ranked first, moved to
+where it was accepted) until newer stats arrive (``observe``) or ``memory_s``
+passes. No key waits for another here: a plan
 joins a batch only while that is cheaper than starting elsewhere, and inside a
 replica the batcher runs the longest-waiting ready queue first.
 """
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 BatchCost = Callable[[int], float]
@@ -103,12 +105,20 @@ def place(view: ReplicaView, key: str, items: int, cap: int, batch_cost: BatchCo
     return Placement(start + queue_cost(forming + items), added, after)
 
 
-@dataclass
-class _Placed:
-    stats: ReplicaView
-    """The stats the placements were added to."""
-    view: ReplicaView
+@dataclass(frozen=True)
+class _Held:
+    key: str
+    items: int
+    cap: int
+    batch_cost: BatchCost
     until: float
+
+
+@dataclass
+class _Picture:
+    stats: ReplicaView
+    """The stats the held plans are added to."""
+    held: dict[Hashable, _Held] = field(default_factory=dict)
 
 
 class KeyRanking:
@@ -120,17 +130,24 @@ class KeyRanking:
         self.work_weight = work_weight
         self.memory_s = memory_s
         self._clock = clock
-        self._placed: dict[str, _Placed] = {}
+        self._pictures: dict[str, _Picture] = {}
 
     def observe(self, stats: ReplicaView) -> ReplicaView:
-        """The replica as this caller sees it: its stats plus what it placed there since they were taken."""
-        placed = self._placed.get(stats.replica_id)
-        if placed is None:
+        """The replica as this caller sees it: its stats plus the plans it holds there."""
+        picture = self._pictures.get(stats.replica_id)
+        if picture is None:
             return stats
-        if placed.stats != stats or placed.until < self._clock():
-            del self._placed[stats.replica_id]
+        if picture.stats != stats:  # newer stats count what was sent before them
+            del self._pictures[stats.replica_id]
             return stats
-        return placed.view
+        now = self._clock()
+        view = stats
+        for token, held in list(picture.held.items()):
+            if held.until < now:
+                del picture.held[token]
+            else:
+                view = place(view, held.key, held.items, held.cap, held.batch_cost).after
+        return view
 
     def rank(
         self, key: str, replicas: Sequence[ReplicaView], items: int, cap: int, batch_cost: BatchCost
@@ -143,8 +160,11 @@ class KeyRanking:
 
         return [[view.replica_id] for view in sorted(replicas, key=price)]
 
-    def routed(self, key: str, stats: ReplicaView, items: int, cap: int, batch_cost: BatchCost) -> None:
-        """Add ``items`` items of ``key`` to this caller's picture of the replica ``stats`` describes."""
-        view = self.observe(stats)
-        after = place(view, key, items, cap, batch_cost).after
-        self._placed[stats.replica_id] = _Placed(stats, after, self._clock() + self.memory_s)
+    def hold(self, token: Hashable, key: str, stats: ReplicaView, items: int, cap: int, batch_cost: BatchCost) -> None:
+        """Count request ``token`` (``items`` items of ``key``) on the replica ``stats`` describes
+        until newer stats arrive; holding the same token again moves it there."""
+        for picture in self._pictures.values():
+            picture.held.pop(token, None)
+        self.observe(stats)  # drops a picture older than these stats
+        picture = self._pictures.setdefault(stats.replica_id, _Picture(stats))
+        picture.held[token] = _Held(key, items, cap, batch_cost, self._clock() + self.memory_s)
