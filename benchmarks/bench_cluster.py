@@ -318,7 +318,7 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--gpus-per-node", type=int, default=2)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--steady-requests", type=int, default=192)
+    parser.add_argument("--steady-requests", type=int, default=384)
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--mix-requests", type=int, default=96)
     parser.add_argument("--profiles", nargs="+", default=["steady", "burst", "mix"])
