@@ -185,7 +185,7 @@ def test_engine_reports_queued_and_running_work_and_room_in_forming_batches(simu
             return responses
         finally:
             gate.set()
-            engine.close()
+            await engine.close()
 
     responses = asyncio.run(main())
     audio, rate = sf.read(io.BytesIO(LocalStore(tmp_path).get(responses[1].outputs[0].key)))

@@ -9,6 +9,7 @@ before any GPU work, not a 503 after the whole generation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -66,21 +67,23 @@ def real_pipeline(models_root):
 @pytest.fixture
 def service(real_pipeline):
     """``service(store, check_at_start)`` → (HTTP client, counting pipeline)."""
-    engines = []
+    running = contextlib.ExitStack()
 
     def make(store, check_at_start: bool = True):
         pipeline = CountingPipeline(real_pipeline)
         engine = GenerationEngine({TEST_MODEL: pipeline}, store, EngineConfig(batch_wait_s=0.0))
-        engines.append(engine)
         if check_at_start:
             engine.check_store()  # what the generator deployment does when it starts
         planner = Planner(PresetBook.load(), served_models=[TEST_MODEL], default_model=TEST_MODEL)
         app = create_app(Frontend(planner, EngineClient(engine), store))
-        return TestClient(app, raise_server_exceptions=False), pipeline
+        # Entered, so every request runs on one event loop: the engine's batching task lives there and
+        # is closed there before the loop ends.
+        client = running.enter_context(TestClient(app, raise_server_exceptions=False))
+        running.callback(client.portal.call, engine.close)
+        return client, pipeline
 
-    yield make
-    for engine in engines:
-        engine.close()
+    with running:
+        yield make
 
 
 def assert_misconfigured(response, setting: str) -> None:
